@@ -1,0 +1,80 @@
+"""The typed presence change that flows from the webhook (or a resync) to the workers."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+class PresenceFormatError(Exception):
+    """Decrypted or stored presence data without the fields a presence change needs."""
+
+
+@dataclass(frozen=True)
+class PresenceChange:
+    user_id: str
+    availability: str
+    activity: str
+    sequence: str | None = None
+    status_message: str | None = None
+    subscription_id: str = ""
+    tenant_id: str = ""
+    received_at: float = 0.0
+    source: str = "notification"
+
+    @classmethod
+    def from_resource(
+        cls,
+        resource: dict[str, Any],
+        *,
+        subscription_id: str = "",
+        tenant_id: str = "",
+        received_at: float | None = None,
+        source: str = "notification",
+        fallback_user_id: str | None = None,
+    ) -> PresenceChange:
+        """Build from a Graph presence resource (decrypted notification or a presence read).
+
+        Unknown availability or activity strings pass through untouched: the mapping decides.
+        """
+        user_id = resource.get("id") or fallback_user_id
+        availability = resource.get("availability")
+        activity = resource.get("activity")
+        if not isinstance(user_id, str) or not user_id:
+            raise PresenceFormatError("presence without id")
+        if not isinstance(availability, str) or not isinstance(activity, str):
+            raise PresenceFormatError("presence without availability/activity strings")
+        sequence = resource.get("sequenceNumber")
+        return cls(
+            user_id=user_id,
+            availability=availability,
+            activity=activity,
+            sequence=str(sequence) if sequence not in (None, "") else None,
+            status_message=_status_text(resource.get("statusMessage")),
+            subscription_id=subscription_id,
+            tenant_id=tenant_id,
+            received_at=time.time() if received_at is None else received_at,
+            source=source,
+        )
+
+    def to_fields(self) -> dict[str, str]:
+        return {"change": json.dumps(asdict(self), separators=(",", ":"))}
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> PresenceChange:
+        try:
+            raw = json.loads(fields["change"])
+            return cls(**raw)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PresenceFormatError(f"unreadable stream entry: {exc}") from None
+
+
+def _status_text(value: Any) -> str | None:
+    """``statusMessage`` is ``{message: {content, contentType}, ...}``; keep the text only."""
+    if isinstance(value, dict):
+        message = value.get("message")
+        if isinstance(message, dict) and isinstance(message.get("content"), str):
+            return str(message["content"])
+    return None

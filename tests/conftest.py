@@ -13,6 +13,13 @@ import redis.asyncio as aioredis
 from service.embedded import EmbeddedValkey
 from service.settings import Settings
 
+pytest_plugins = [
+    "tests.fixtures_graph",
+    "tests.fixtures_starface",
+    "tests.fixtures_mapping",
+    "tests.fixtures_subscriptions",
+]
+
 SECRET_KEY = "test-secret-key-0123456789abcdefghijklmnop"
 TENANT_ID = "11111111-2222-3333-4444-555555555555"
 CLIENT_ID = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"

@@ -33,3 +33,14 @@ CERTIFICATE_LOCK = f"{PREFIX}:{{pb}}:certificates:lock"
 def observed_presence(user_id: str) -> str:
     """Hash: the newest Teams presence observed for one Entra user."""
     return f"{PREFIX}:{{u:{user_id}}}:observed"
+
+
+# -- STARFACE gateway (directory, credentials, UCI sessions, callbacks) -------------------------
+# (section owned by the STARFACE gateway; add its keys below this line)
+
+
+# -- subscriptions (tokens, shards, lease, resync) ----------------------------------------------
+# (section owned by the subscriptions package; add its keys below this line)
+
+
+# -- reconciler ---------------------------------------------------------------------------------

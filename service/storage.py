@@ -1,0 +1,29 @@
+"""Redis connections with the timeouts each role needs."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff, NoBackoff
+
+
+def connect_web(url: str) -> aioredis.Redis:
+    """For the public endpoint: a dead Redis must turn into a fast 503, never a slow answer."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=1.0,
+        socket_connect_timeout=0.5,
+        retry=Retry(NoBackoff(), 0),
+        max_connections=200,
+    )
+
+
+def connect_worker(url: str, *, block_ms: int = 1000) -> aioredis.Redis:
+    """For workers and the scheduler: patient retries; the socket timeout stays above XREADGROUP's block."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=max(5.0, block_ms / 1000 + 5.0),
+        socket_connect_timeout=2.0,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), 3),
+        health_check_interval=30,
+    )

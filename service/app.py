@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import aiohttp
+import uvicorn
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -20,6 +21,14 @@ from service.settings import Settings
 from service.storage import connect_web
 from service.tls import client_context
 from service.tokens import SigningKeys, TokenVerifier
+
+
+class Server(uvicorn.Server):
+    """A uvicorn server that leaves signals to its process: a signal must stop workers too."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def http_session_factory(settings: Settings) -> Callable[[], aiohttp.ClientSession]:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import uvicorn
@@ -42,14 +42,6 @@ def _load_settings(require: Sequence[str]) -> Settings:
 
 
 # -- serve -------------------------------------------------------------------------------------
-
-
-class _Server(uvicorn.Server):
-    """A uvicorn server that leaves signals to the process: they must stop workers too."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -102,7 +94,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 
 async def _serve(settings: Settings, redis_url: str, args: argparse.Namespace) -> None:
-    from service.app import create_app
+    from service.app import Server, create_app
     from service.storage import connect_worker
     from service.worker import PresenceWorker
 
@@ -111,7 +103,7 @@ async def _serve(settings: Settings, redis_url: str, args: argparse.Namespace) -
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     tasks: list[asyncio.Task[None]] = []
-    server: _Server | None = None
+    server: Server | None = None
     worker_redis = None
     if args.role in ("all", "web"):
         config = uvicorn.Config(
@@ -123,7 +115,7 @@ async def _serve(settings: Settings, redis_url: str, args: argparse.Namespace) -
             ssl_keyfile=str(args.tls_key) if args.tls_key else None,
             lifespan="on",
         )
-        server = _Server(config)
+        server = Server(config)
         tasks.append(asyncio.create_task(server.serve(), name="web"))
     if args.role in ("all", "worker"):
         worker_redis = connect_worker(redis_url)

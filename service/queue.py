@@ -110,6 +110,7 @@ class StreamConsumer:
         self._last_claim = 0.0
         self.processed = 0
         self.dead_lettered = 0
+        self.reclaimed = 0
 
     async def ensure_group(self) -> None:
         try:
@@ -179,7 +180,9 @@ class StreamConsumer:
             log.warning(
                 "stream %s: %d pending entries were trimmed before handling", self.stream, len(deleted)
             )
-        return await self._with_counts([(_id(i), f) for i, f in claimed if f])
+        entries = await self._with_counts([(_id(i), f) for i, f in claimed if f])
+        self.reclaimed += len(entries)
+        return entries
 
     async def _with_counts(self, raw: list[tuple[str, Any]]) -> list[Entry]:
         if not raw:

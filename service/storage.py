@@ -5,15 +5,20 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 
 def connect_web(url: str) -> aioredis.Redis:
-    """For the public endpoint: a dead Redis must turn into a fast 503, never a slow answer."""
+    """For the public endpoint: a dead Redis must turn into a fast 503, never a slow answer.
+
+    One immediate retry on a connection error replaces a pooled connection that died with a
+    restarted server; against a server that is really down the reconnect is refused at once.
+    """
     return aioredis.Redis.from_url(
         url,
         socket_timeout=1.0,
         socket_connect_timeout=0.5,
-        retry=Retry(NoBackoff(), 0),
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         max_connections=200,
     )
 

@@ -14,6 +14,7 @@ from service.embedded import EmbeddedValkey
 from service.settings import Settings
 
 pytest_plugins = [
+    "tests.fixtures_webhook",
     "tests.fixtures_graph",
     "tests.fixtures_starface",
     "tests.fixtures_mapping",

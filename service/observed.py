@@ -18,21 +18,22 @@ from service.presence import PresenceChange
 
 # Returns 1 applied, 0 duplicate (same version or same content), -1 stale (older than stored).
 _COMPARE_AND_SET = """
-local function newer(a, b)
+local function compare(a, b)
   if string.match(a, '^%d+$') and string.match(b, '^%d+$') then
     a = string.gsub(a, '^0+', '')
     b = string.gsub(b, '^0+', '')
-    if #a ~= #b then return #a > #b end
+    if #a ~= #b then return #a > #b and 1 or -1 end
   end
-  return a > b
+  if a == b then return 0 end
+  return a > b and 1 or -1
 end
 local cur = redis.call('HMGET', KEYS[1],
   'sequence', 'received_at', 'availability', 'activity', 'status_message')
 local seq, received = ARGV[1], tonumber(ARGV[2])
 if cur[3] then
   if seq ~= '' and cur[1] and cur[1] ~= '' then
-    if seq == cur[1] then return 0 end
-    if not newer(seq, cur[1]) then return -1 end
+    local order = compare(seq, cur[1])
+    if order <= 0 then return order end
   else
     if received < tonumber(cur[2]) then return -1 end
     if cur[3] == ARGV[3] and cur[4] == ARGV[4] and (cur[5] or '') == ARGV[5] then return 0 end

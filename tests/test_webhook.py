@@ -307,3 +307,22 @@ async def test_requests_run_concurrently(bridge: Bridge) -> None:
 def test_http_client_reaches_the_real_socket(bridge: Bridge) -> None:
     # A guard that the fixture is a real server and not an in-process transport.
     assert isinstance(bridge.http._transport, httpx.AsyncHTTPTransport)
+
+
+@pytest.mark.parametrize("field", ["data", "dataSignature", "dataKey"])
+async def test_tampered_bytes_through_http_queue_nothing(bridge: Bridge, field: str) -> None:
+    import base64
+
+    sub = await bridge.subscription()
+    items = []
+    for where in (0, 0.5, -1):
+        item = bridge.notifications.item(sub, bridge.certificate, USER)
+        raw = bytearray(base64.b64decode(item["encryptedContent"][field]))
+        raw[int(where * (len(raw) - 1)) if where != -1 else -1] ^= 0x80
+        item["encryptedContent"][field] = base64.b64encode(bytes(raw)).decode()
+        items.append(item)
+    assert (await bridge.post(bridge.notifications.body(items))).status_code == 202
+    assert await bridge.queued() == 0
+    dropped = await bridge.dropped()
+    assert sum(dropped.values()) == 3
+    assert set(dropped) <= {"bad_signature", "bad_key"}

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -142,6 +143,30 @@ async def _wait(event: asyncio.Event) -> None:
     await event.wait()
 
 
+# -- mapping -----------------------------------------------------------------------------------
+
+
+def _add_mapping(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from service import mapping
+
+    parser = sub.add_parser(
+        "mapping",
+        help="check a Teams -> STARFACE mapping file",
+        description="Work with the mapping from Teams presence to STARFACE DND and status text.",
+    )
+    actions = parser.add_subparsers(dest="mapping_command", required=True, metavar="ACTION")
+    check = actions.add_parser(
+        "check",
+        help="validate a mapping file and print the effective table",
+        description=(
+            "Validate a mapping TOML file and print the effective table, switches and group overrides. "
+            "Without FILE, print the built-in table. Exit 0 when valid, 2 with every problem listed."
+        ),
+    )
+    mapping.add_check_arguments(check)
+    check.set_defaults(handler=mapping.run_check)
+
+
 # -- entry point -------------------------------------------------------------------------------
 
 
@@ -153,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(sub)
+    _add_mapping(sub)
     return parser
 
 
@@ -166,6 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"presence-bridge: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) went away; that is not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
 
 

@@ -37,10 +37,83 @@ def observed_presence(user_id: str) -> str:
 
 # -- STARFACE gateway (directory, credentials, UCI sessions, callbacks) -------------------------
 # (section owned by the STARFACE gateway; add its keys below this line)
+# hash: login ID -> sealed password (SecretBox context: "<this key>/<login>")
+STARFACE_CREDENTIALS = f"{PREFIX}:{{pb}}:starface:credentials"
+# hash: login ID -> JSON of one selected STARFACE user
+STARFACE_DIRECTORY = f"{PREFIX}:{{pb}}:starface:directory"
+# hash: lower-cased e-mail -> login ID of the selected user with that e-mail
+STARFACE_DIRECTORY_EMAILS = f"{PREFIX}:{{pb}}:starface:directory:emails"
+# hash: refreshed_at, version, problems (JSON), last_error of the directory refresh
+STARFACE_DIRECTORY_META = f"{PREFIX}:{{pb}}:starface:directory:meta"
+# string with TTL: held by the replica that refreshes the directory this period
+STARFACE_DIRECTORY_LOCK = f"{PREFIX}:{{pb}}:starface:directory:lock"
+# zset: login ID -> epoch ms when its UCI session next needs work (login or keepAlive); a claim
+# pushes the score ahead by a lease, so a dead replica's work comes due again by itself
+UCI_DUE = f"{PREFIX}:{{pb}}:uci:due"
+# hash: login ID -> JSON session status (state, since, error kind, last success)
+UCI_SESSIONS = f"{PREFIX}:{{pb}}:uci:sessions"
+# set: login IDs that left the selection and still need a UCI logout
+UCI_LEAVING = f"{PREFIX}:{{pb}}:uci:leaving"
+# hash: login ID -> sealed callback path token of its UCI session
+UCI_CALLBACK_SECRETS = f"{PREFIX}:{{pb}}:uci:callback:secrets"
+# hash: sha256 hex of a callback path token -> login ID (the callback endpoint's lookup)
+UCI_CALLBACK_TOKENS = f"{PREFIX}:{{pb}}:uci:callback:tokens"
+# hash: reason -> count of STARFACE callbacks refused for that reason
+UCI_CALLBACK_REFUSED = f"{PREFIX}:{{pb}}:uci:callback:refused"
 
 
 # -- subscriptions (tokens, shards, lease, resync) ----------------------------------------------
 # (section owned by the subscriptions package; add its keys below this line)
+# string: holder token of the scheduler lease (SET NX PX; released by compare-and-delete)
+SCHEDULER_LEASE = f"{PREFIX}:{{pb}}:subscriptions:lease"
+# hash: service account UPN -> sealed MSAL SerializableTokenCache JSON
+TOKEN_CACHES = f"{PREFIX}:{{pb}}:subscriptions:token-caches"
+# hash: service account UPN -> sealed password (accounts that sign in by username/password)
+ACCOUNT_PASSWORDS = f"{PREFIX}:{{pb}}:subscriptions:passwords"
+# hash: service account UPN -> JSON {state, reason, since}: the operator-facing health of each account
+ACCOUNT_STATUS = f"{PREFIX}:{{pb}}:subscriptions:account-status"
+# hash: lower-cased e-mail -> JSON {id | null, checked_at}: Entra ids resolved by e-mail
+USER_IDS = f"{PREFIX}:{{pb}}:subscriptions:user-ids"
+# hash: service account UPN -> JSON sorted list of Entra user ids (the shard that account holds)
+SHARDS = f"{PREFIX}:{{pb}}:subscriptions:shards"
+# hash: service account UPN -> JSON subscription record (id, expiry, users digest, flags)
+SUBSCRIPTION_STATE = f"{PREFIX}:{{pb}}:subscriptions:state"
+# hash: field -> value: scheduler summary (last pass, last full resync, missing users, shortfall)
+SCHEDULER_STATUS = f"{PREFIX}:{{pb}}:subscriptions:status"
+LIFECYCLE_GROUP = "subscriptions"
+
+
+def token_cache_lock(account: str) -> str:
+    """String: short lock held while one process refreshes an account's delegated token."""
+    return f"{PREFIX}:{{pb}}:subscriptions:token-lock:{account.lower()}"
 
 
 # -- reconciler ---------------------------------------------------------------------------------
+# zset: Entra user id -> when the user is due for a reconcile
+RECONCILE_DUE = f"{PREFIX}:{{pb}}:reconcile:due"
+# zset: Entra user id -> until when a reconciler holds the user (one writer per user)
+RECONCILE_INFLIGHT = f"{PREFIX}:{{pb}}:reconcile:inflight"
+# hashes linking the two identities of a bridged user
+IDENTITY_LOGIN_BY_USER = f"{PREFIX}:{{pb}}:identity:login-by-user"
+IDENTITY_USER_BY_LOGIN = f"{PREFIX}:{{pb}}:identity:user-by-login"
+CALL_GROUP = "reconcilers"
+
+
+def user_calls(user_id: str) -> str:
+    """Hash: call id -> STARFACE state, for the user's calls that have not hung up."""
+    return f"{PREFIX}:{{u:{user_id}}}:calls"
+
+
+def user_ended_calls(user_id: str) -> str:
+    """Set of call ids that hung up: a late event of an ended call must not revive it."""
+    return f"{PREFIX}:{{u:{user_id}}}:calls:ended"
+
+
+def user_bridge(user_id: str) -> str:
+    """Hash: what the bridge applied and remembers for the user (session, DND, text, own state)."""
+    return f"{PREFIX}:{{u:{user_id}}}:bridge"
+
+
+def user_decisions(user_id: str) -> str:
+    """List: the user's last decisions, newest first, as JSON."""
+    return f"{PREFIX}:{{u:{user_id}}}:decisions"

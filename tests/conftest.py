@@ -15,6 +15,7 @@ from service.settings import Settings
 
 pytest_plugins = [
     "tests.fixtures_webhook",
+    "tests.fixtures_reconciler",
     "tests.fixtures_graph",
     "tests.fixtures_starface",
     "tests.fixtures_mapping",

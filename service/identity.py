@@ -1,0 +1,46 @@
+"""The link between a bridged user's two identities: Entra user id and STARFACE login ID.
+
+Presence notifications name the Entra id, STARFACE call events name the login; the reconciler
+works per Entra id.  The link is rebuilt whenever users are resolved by e-mail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import redis.asyncio as aioredis
+
+from service import keys
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class IdentityStore:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+
+    async def replace(self, login_by_user: Mapping[str, str]) -> None:
+        """Make exactly these links current, in one transaction so no reader sees half of them."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.IDENTITY_LOGIN_BY_USER, keys.IDENTITY_USER_BY_LOGIN)
+            if login_by_user:
+                forward: dict[str | bytes, str | bytes] = dict(login_by_user.items())
+                backward: dict[str | bytes, str | bytes] = {v: k for k, v in login_by_user.items()}
+                pipe.hset(keys.IDENTITY_LOGIN_BY_USER, mapping=forward)  # type: ignore[arg-type]
+                pipe.hset(keys.IDENTITY_USER_BY_LOGIN, mapping=backward)  # type: ignore[arg-type]
+            await pipe.execute()
+
+    async def login_for(self, user_id: str) -> str | None:
+        raw = await self.redis.hget(keys.IDENTITY_LOGIN_BY_USER, user_id)
+        return None if raw is None else _text(raw)
+
+    async def user_for(self, login: str) -> str | None:
+        raw = await self.redis.hget(keys.IDENTITY_USER_BY_LOGIN, login)
+        return None if raw is None else _text(raw)
+
+    async def all(self) -> dict[str, str]:
+        """Entra user id -> login ID."""
+        raw = await self.redis.hgetall(keys.IDENTITY_LOGIN_BY_USER)
+        return {_text(k): _text(v) for k, v in raw.items()}

@@ -1,0 +1,1096 @@
+"""Entra ID stand-in: one tenant, its app registrations and accounts, and the OAuth 2.0 endpoints.
+
+MSAL Python talks to it unmodified: OpenID metadata, a JWKS, the v2.0 token endpoint (client
+credentials, username/password, device code, refresh token) and the device authorization endpoint.
+Errors carry Entra's JSON shape (``error``, ``error_description`` starting ``AADSTSnnnnn:``,
+``error_codes``, ``timestamp``, ``trace_id``, ``correlation_id``, ``error_uri``, ``suberror``, ``claims``)
+so code that branches on them is exercised as it would be against the real service.
+
+Access tokens for Microsoft Graph are v1.0 JWTs as Graph receives them (``iss`` sts.windows.net,
+``aud`` https://graph.microsoft.com, ``appid``, ``scp`` or ``roles``).  Token lifetimes follow the
+controllable clock, so an advanced clock expires tokens exactly as time would.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import html
+import json
+import secrets
+import string
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, unquote_plus
+
+import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from service.sandbox.clock import Clock
+
+GRAPH_RESOURCE = "https://graph.microsoft.com"
+GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
+CHANGE_TRACKING_APP_ID = "0bf30f3b-4a52-48df-9a82-234910c4a086"
+# Tokens name the real issuers: a validator written for Entra then works unchanged here.
+V2_ISSUER = "https://login.microsoftonline.com/{tid}/v2.0"
+V1_ISSUER = "https://sts.windows.net/{tid}/"
+OIDC_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+
+# Graph delegated permissions and application roles the sandbox knows about.
+DELEGATED_PERMISSIONS = frozenset(
+    {
+        "Presence.Read",
+        "Presence.Read.All",
+        "Presence.ReadWrite",
+        "User.Read",
+        "User.ReadBasic.All",
+        "User.Read.All",
+    }
+)
+APPLICATION_PERMISSIONS = frozenset({"Presence.Read.All", "Presence.ReadWrite.All", "User.Read.All"})
+
+TOKEN_BODY_LIMIT = 64 * 1024
+JSON_BODY_LIMIT = 1024 * 1024
+
+
+class BodyTooLarge(Exception):
+    """A request body above the route's limit; answered with 413 before it is read in full."""
+
+
+async def read_bounded_body(request: Request, limit: int) -> bytes:
+    """Read at most ``limit`` bytes; a declared or streamed excess raises ``BodyTooLarge``."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _int_b64url(number: int) -> str:
+    return b64url(number.to_bytes((number.bit_length() + 7) // 8, "big"))
+
+
+class SigningKey:
+    """An RS256 key with a self-signed certificate, published in the JWKS like Entra's keys."""
+
+    def __init__(self, private_key: rsa.RSAPrivateKey | None = None) -> None:
+        self.private_key = private_key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        now = dt.datetime.now(dt.UTC)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "accounts.sandbox.invalid")])
+        self.certificate = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.private_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=365))
+            .sign(self.private_key, hashes.SHA256())
+        )
+        # Entra's kid and x5t are both the base64url SHA-1 thumbprint of the key's certificate.
+        self.kid = b64url(self.certificate.fingerprint(hashes.SHA1()))  # noqa: S303
+
+    def jwk(self, issuer: str) -> dict[str, Any]:
+        numbers = self.private_key.public_key().public_numbers()
+        der = self.certificate.public_bytes(serialization.Encoding.DER)
+        return {
+            "kty": "RSA",
+            "use": "sig",
+            "kid": self.kid,
+            "x5t": self.kid,
+            "n": _int_b64url(numbers.n),
+            "e": _int_b64url(numbers.e),
+            "x5c": [base64.b64encode(der).decode()],
+            "issuer": issuer,
+        }
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        return jwt.encode(
+            claims, self.private_key, algorithm="RS256", headers={"kid": self.kid, "x5t": self.kid}
+        )
+
+
+@dataclass
+class AppRegistration:
+    client_id: str
+    display_name: str
+    client_secret: str | None = field(default=None, repr=False)
+    # Application permissions with admin consent: they become the ``roles`` of app-only tokens.
+    application_permissions: set[str] = field(default_factory=set)
+    # Delegated permissions with tenant-wide admin consent.
+    delegated_permissions: set[str] = field(default_factory=set)
+    public_client: bool = True
+    service_principal_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "clientId": self.client_id,
+            "displayName": self.display_name,
+            "hasSecret": self.client_secret is not None,
+            "applicationPermissions": sorted(self.application_permissions),
+            "delegatedPermissions": sorted(self.delegated_permissions),
+            "publicClient": self.public_client,
+            "servicePrincipalId": self.service_principal_id,
+        }
+
+
+@dataclass
+class Account:
+    id: str
+    user_principal_name: str
+    display_name: str
+    mail: str | None
+    given_name: str | None = None
+    surname: str | None = None
+    job_title: str | None = None
+    password: str | None = field(default=None, repr=False)
+    mfa_required: bool = False
+    # Like Entra's refreshTokensValidFromDateTime: refresh tokens issued before it are revoked.
+    tokens_valid_from: float = 0.0
+
+    def graph_json(self) -> dict[str, Any]:
+        return {
+            "businessPhones": [],
+            "displayName": self.display_name,
+            "givenName": self.given_name,
+            "jobTitle": self.job_title,
+            "mail": self.mail,
+            "mobilePhone": None,
+            "officeLocation": None,
+            "preferredLanguage": None,
+            "surname": self.surname,
+            "userPrincipalName": self.user_principal_name,
+            "id": self.id,
+        }
+
+
+@dataclass
+class RefreshGrant:
+    user_id: str
+    client_id: str
+    issued_at: float
+    mfa_done: bool
+    last_used: float
+
+
+@dataclass
+class DeviceAuthorization:
+    device_code: str
+    user_code: str
+    client_id: str
+    scopes: list[str]
+    expires_at: float
+    approved_by: str | None = None
+    declined: bool = False
+    redeemed: bool = False
+
+
+@dataclass(frozen=True)
+class AccessContext:
+    """Who is calling Graph, read from a verified access token."""
+
+    app_id: str
+    tenant_id: str
+    user_id: str | None
+    scopes: frozenset[str]
+    roles: frozenset[str]
+    issued_at: float
+    expires_at: float
+
+    @property
+    def app_only(self) -> bool:
+        return self.user_id is None
+
+
+class OAuthError(Exception):
+    """An Entra token-endpoint error; the HTTP layer renders it with trace ids and a timestamp."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        code: int,
+        text: str,
+        *,
+        suberror: str | None = None,
+        claims: str | None = None,
+    ) -> None:
+        super().__init__(f"AADSTS{code}: {text}")
+        self.status = status
+        self.error = error
+        self.code = code
+        self.text = text
+        self.suberror = suberror
+        self.claims = claims
+
+    def body(self, now: dt.datetime, correlation_id: str, error_uri_base: str) -> dict[str, Any]:
+        trace_id = str(uuid.uuid4())
+        stamp = now.strftime("%Y-%m-%d %H:%M:%SZ")
+        result: dict[str, Any] = {
+            "error": self.error,
+            "error_description": (
+                f"AADSTS{self.code}: {self.text} Trace ID: {trace_id} "
+                f"Correlation ID: {correlation_id} Timestamp: {stamp}"
+            ),
+            "error_codes": [self.code],
+            "timestamp": stamp,
+            "trace_id": trace_id,
+            "correlation_id": correlation_id,
+            "error_uri": f"{error_uri_base}/error?code={self.code}",
+        }
+        if self.suberror is not None:
+            result["suberror"] = self.suberror
+        if self.claims is not None:
+            result["claims"] = self.claims
+        return result
+
+
+class TokenRejected(Exception):
+    """A bearer token Graph does not accept; the message is Graph's wording for the 401."""
+
+
+def _mfa_error() -> OAuthError:
+    claims = json.dumps({"access_token": {"capolids": {"essential": True, "values": [str(uuid.uuid4())]}}})
+    return OAuthError(
+        400,
+        "invalid_grant",
+        50076,
+        "Due to a configuration change made by your administrator, or because you moved to a new "
+        f"location, you must use multi-factor authentication to access '{GRAPH_APP_ID}'.",
+        suberror="basic_action",
+        claims=claims,
+    )
+
+
+def _consent_error(app: AppRegistration) -> OAuthError:
+    return OAuthError(
+        400,
+        "invalid_grant",
+        65001,
+        f"The user or administrator has not consented to use the application with ID "
+        f"'{app.client_id}' named '{app.display_name}'. Send an interactive authorization request "
+        "for this user and resource.",
+        suberror="consent_required",
+    )
+
+
+@dataclass(frozen=True)
+class _ScopeRequest:
+    graph: frozenset[str]
+    default: bool
+    oidc: frozenset[str]
+
+
+class EntraTenant:
+    """One directory: apps, accounts, consent, refresh tokens, device codes and signing keys."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        tenant_id: str,
+        domain: str,
+        signing_key: SigningKey | None = None,
+        access_token_lifetime: int = 3599,
+        refresh_token_inactivity: int = 90 * 24 * 3600,
+        device_code_lifetime: int = 900,
+        device_code_interval: int = 5,
+        validation_token_lifetime: int = 3600,
+    ) -> None:
+        self.clock = clock
+        self.tenant_id = tenant_id
+        self.domain = domain
+        self.keys: list[SigningKey] = [signing_key or SigningKey()]
+        self.access_token_lifetime = access_token_lifetime
+        self.refresh_token_inactivity = refresh_token_inactivity
+        self.device_code_lifetime = device_code_lifetime
+        self.device_code_interval = device_code_interval
+        self.validation_token_lifetime = validation_token_lifetime
+        self.apps: dict[str, AppRegistration] = {}
+        self.accounts: dict[str, Account] = {}
+        # (client_id, user_id) pairs whose delegated consent was revoked; user_id None = everyone.
+        self.revoked_consent: set[tuple[str, str | None]] = set()
+        self._refresh: dict[str, RefreshGrant] = {}
+        self._devices: dict[str, DeviceAuthorization] = {}
+        # Subscribers to "this user's (or app's) authorization was withdrawn".
+        self.revocation_listeners: list[Callable[[str | None, str | None], None]] = []
+
+    # ---- directory -------------------------------------------------------------------------
+
+    @property
+    def active_key(self) -> SigningKey:
+        return self.keys[-1]
+
+    def rotate_signing_key(self) -> SigningKey:
+        """Publish a new key and sign with it; the old one stays in the JWKS, as Entra overlaps them."""
+        key = SigningKey()
+        self.keys.append(key)
+        del self.keys[:-2]
+        return key
+
+    def add_app(self, app: AppRegistration) -> AppRegistration:
+        if app.client_id in self.apps:
+            raise ValueError(f"app {app.client_id} already exists")
+        unknown = (app.application_permissions - APPLICATION_PERMISSIONS) | (
+            app.delegated_permissions - DELEGATED_PERMISSIONS
+        )
+        if unknown:
+            raise ValueError(f"unknown permissions: {', '.join(sorted(unknown))}")
+        self.apps[app.client_id] = app
+        return app
+
+    def add_account(self, account: Account) -> Account:
+        if account.id in self.accounts:
+            raise ValueError(f"user id {account.id} already exists")
+        if self.find_account(account.user_principal_name) is not None:
+            raise ValueError(f"userPrincipalName {account.user_principal_name} already exists")
+        self.accounts[account.id] = account
+        return account
+
+    def find_account(self, id_or_upn: str) -> Account | None:
+        if id_or_upn in self.accounts:
+            return self.accounts[id_or_upn]
+        lowered = id_or_upn.lower()
+        for account in self.accounts.values():
+            if account.user_principal_name.lower() == lowered:
+                return account
+        return None
+
+    def knows_tenant(self, segment: str) -> bool:
+        return segment.lower() in {self.tenant_id, self.domain.lower(), "common", "organizations"}
+
+    # ---- revocation --------------------------------------------------------------------------
+
+    def revoke_sessions(self, user_id: str) -> None:
+        """Invalidate every refresh token of the user, as ``revokeSignInSessions`` does."""
+        account = self.accounts[user_id]
+        account.tokens_valid_from = self.clock.now()
+        for listener in self.revocation_listeners:
+            listener(None, user_id)
+
+    def revoke_consent(self, client_id: str, user_id: str | None = None) -> None:
+        if client_id not in self.apps:
+            raise KeyError(client_id)
+        self.revoked_consent.add((client_id, user_id))
+        for listener in self.revocation_listeners:
+            listener(client_id, user_id)
+
+    def grant_consent(self, client_id: str, user_id: str | None = None) -> None:
+        if user_id is None:
+            self.revoked_consent = {pair for pair in self.revoked_consent if pair[0] != client_id}
+        else:
+            self.revoked_consent.discard((client_id, user_id))
+
+    def has_consent(self, client_id: str, user_id: str) -> bool:
+        return (client_id, None) not in self.revoked_consent and (
+            client_id,
+            user_id,
+        ) not in self.revoked_consent
+
+    # ---- metadata ----------------------------------------------------------------------------
+
+    def openid_configuration(self, base_url: str, segment: str, version: str) -> dict[str, Any]:
+        tenant_path = f"{base_url}/{segment}"
+        is_common = segment.lower() in ("common", "organizations")
+        tid = "{tenantid}" if is_common else self.tenant_id
+        if version == "v1":
+            # Trimmed v1 document: only what a token validator reads (issuer and keys).
+            return {
+                "issuer": V1_ISSUER.format(tid=tid),
+                "jwks_uri": f"{base_url}/common/discovery/keys",
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "tenant_region_scope": "EU",
+            }
+        return {
+            "token_endpoint": f"{tenant_path}/oauth2/v2.0/token",
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
+            "jwks_uri": f"{tenant_path}/discovery/v2.0/keys",
+            "response_modes_supported": ["query", "fragment", "form_post"],
+            "subject_types_supported": ["pairwise"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+            "scopes_supported": ["openid", "profile", "email", "offline_access"],
+            "issuer": V2_ISSUER.format(tid=tid),
+            "request_uri_parameter_supported": False,
+            "userinfo_endpoint": "https://graph.microsoft.com/oidc/userinfo",
+            "authorization_endpoint": f"{tenant_path}/oauth2/v2.0/authorize",
+            "device_authorization_endpoint": f"{tenant_path}/oauth2/v2.0/devicecode",
+            "http_logout_supported": True,
+            "frontchannel_logout_supported": True,
+            "end_session_endpoint": f"{tenant_path}/oauth2/v2.0/logout",
+            "claims_supported": [
+                "sub",
+                "iss",
+                "aud",
+                "exp",
+                "iat",
+                "auth_time",
+                "acr",
+                "nonce",
+                "preferred_username",
+                "name",
+                "tid",
+                "ver",
+                "email",
+            ],
+            "tenant_region_scope": "EU",
+            "cloud_instance_name": "microsoftonline.com",
+            "cloud_graph_host_name": "graph.windows.net",
+            "msgraph_host": "graph.microsoft.com",
+        }
+
+    def jwks(self) -> dict[str, Any]:
+        issuer = V2_ISSUER.format(tid="{tenantid}")
+        return {"keys": [key.jwk(issuer) for key in self.keys]}
+
+    def user_realm(self, username: str) -> dict[str, Any]:
+        _, _, domain = username.rpartition("@")
+        managed = domain.lower() == self.domain.lower() or self.find_account(username) is not None
+        return {
+            "ver": "1.0",
+            "account_type": "Managed" if managed else "Unknown",
+            "domain_name": domain,
+            "cloud_instance_name": "microsoftonline.com",
+            "cloud_audience_urn": "urn:federation:MicrosoftOnline",
+        }
+
+    # ---- token endpoint ----------------------------------------------------------------------
+
+    def token(self, form: dict[str, str], basic_auth: tuple[str, str] | None) -> dict[str, Any]:
+        """Run one token request; raises ``OAuthError`` exactly where Entra answers with an error."""
+        grant_type = form.get("grant_type", "")
+        if not grant_type:
+            raise OAuthError(
+                400,
+                "invalid_request",
+                900144,
+                "The request body must contain the following parameter: 'grant_type'.",
+            )
+        client_id = basic_auth[0] if basic_auth else form.get("client_id", "")
+        secret = basic_auth[1] if basic_auth else form.get("client_secret")
+        app = self._client(client_id)
+        confidential = self._authenticate_client(app, secret)
+        if grant_type == "client_credentials":
+            if not confidential:
+                raise OAuthError(
+                    401,
+                    "invalid_client",
+                    7000218,
+                    "The request body must contain the following parameter: 'client_assertion' or "
+                    "'client_secret'.",
+                )
+            return self._client_credentials(app, form.get("scope", ""))
+        if not confidential and not app.public_client:
+            raise OAuthError(
+                401,
+                "invalid_client",
+                7000218,
+                "The request body must contain the following parameter: 'client_assertion' or "
+                "'client_secret'.",
+            )
+        if grant_type == "password":
+            return self._password(app, form)
+        if grant_type == DEVICE_CODE_GRANT:
+            return self._device_code(app, form)
+        if grant_type == "refresh_token":
+            return self._refresh_token(app, form)
+        raise OAuthError(
+            400,
+            "unsupported_grant_type",
+            70003,
+            f"The app requested an unsupported grant type '{grant_type}'.",
+        )
+
+    def device_authorization(self, form: dict[str, str], base_url: str) -> dict[str, Any]:
+        app = self._client(form.get("client_id", ""))
+        if not app.public_client:
+            raise OAuthError(
+                400,
+                "invalid_client",
+                7000218,
+                "The request body must contain the following parameter: 'client_assertion' or "
+                "'client_secret'.",
+            )
+        scopes = form.get("scope", "").split()
+        self._parse_scopes(scopes)
+        alphabet = string.ascii_uppercase + string.digits
+        user_code = "".join(secrets.choice(alphabet) for _ in range(9))
+        device_code = secrets.token_urlsafe(48)
+        self._prune_devices()
+        self._devices[device_code] = DeviceAuthorization(
+            device_code=device_code,
+            user_code=user_code,
+            client_id=app.client_id,
+            scopes=scopes,
+            expires_at=self.clock.now() + self.device_code_lifetime,
+        )
+        uri = f"{base_url}/devicelogin"
+        return {
+            "user_code": user_code,
+            "device_code": device_code,
+            "verification_uri": uri,
+            "expires_in": self.device_code_lifetime,
+            "interval": self.device_code_interval,
+            "message": (
+                f"To sign in, use a web browser to open the page {uri} and enter the code "
+                f"{user_code} to authenticate."
+            ),
+        }
+
+    def approve_device_code(self, user_code: str, user_id: str) -> DeviceAuthorization:
+        device = self._pending_device(user_code)
+        if user_id not in self.accounts:
+            raise KeyError(user_id)
+        device.approved_by = user_id
+        return device
+
+    def decline_device_code(self, user_code: str) -> DeviceAuthorization:
+        device = self._pending_device(user_code)
+        device.declined = True
+        return device
+
+    def _pending_device(self, user_code: str) -> DeviceAuthorization:
+        now = self.clock.now()
+        for device in self._devices.values():
+            if (
+                hmac.compare_digest(device.user_code, user_code.strip().upper())
+                and not device.redeemed
+                and device.expires_at > now
+            ):
+                return device
+        raise KeyError(user_code)
+
+    def _prune_devices(self) -> None:
+        now = self.clock.now()
+        for code in [c for c, d in self._devices.items() if d.expires_at + 3600 < now]:
+            del self._devices[code]
+
+    def _client(self, client_id: str) -> AppRegistration:
+        if not client_id:
+            raise OAuthError(
+                400,
+                "invalid_request",
+                900144,
+                "The request body must contain the following parameter: 'client_id'.",
+            )
+        app = self.apps.get(client_id)
+        if app is None:
+            raise OAuthError(
+                400,
+                "unauthorized_client",
+                700016,
+                f"Application with identifier '{client_id}' was not found in the directory "
+                f"'{self.domain}'. This can happen if the application has not been installed by the "
+                "administrator of the tenant or consented to by any user in the tenant.",
+            )
+        return app
+
+    @staticmethod
+    def _authenticate_client(app: AppRegistration, secret: str | None) -> bool:
+        if secret is None:
+            return False
+        expected = app.client_secret
+        # Compare against something even when the app has no secret, so timing says nothing.
+        matches = hmac.compare_digest((expected or "\0").encode(), secret.encode())
+        if expected is None or not matches:
+            raise OAuthError(
+                401,
+                "invalid_client",
+                7000215,
+                "Invalid client secret provided. Ensure the secret being sent in the request is the "
+                "client secret value, not the client secret ID, for a secret added to app "
+                f"'{app.client_id}'.",
+            )
+        return True
+
+    def _parse_scopes(self, scopes: Iterable[str]) -> _ScopeRequest:
+        graph: set[str] = set()
+        oidc: set[str] = set()
+        default = False
+        for scope in scopes:
+            if scope in OIDC_SCOPES:
+                oidc.add(scope)
+                continue
+            resource, slash, name = scope.rpartition("/")
+            if slash and resource.rstrip("/") not in (GRAPH_RESOURCE, GRAPH_APP_ID):
+                raise OAuthError(
+                    400,
+                    "invalid_resource",
+                    500011,
+                    f"The resource principal named {resource} was not found in the tenant named "
+                    f"{self.domain}. This can happen if the application has not been installed by the "
+                    "administrator of the tenant or consented to by any user in the tenant.",
+                )
+            if name == ".default":
+                default = True
+                continue
+            matched = next((p for p in DELEGATED_PERMISSIONS if p.lower() == name.lower()), None)
+            if matched is None:
+                raise OAuthError(
+                    400,
+                    "invalid_scope",
+                    70011,
+                    f"The provided value for the input parameter 'scope' is not valid. The scope {scope} "
+                    "is not valid.",
+                )
+            graph.add(matched)
+        return _ScopeRequest(frozenset(graph), default, frozenset(oidc))
+
+    def _client_credentials(self, app: AppRegistration, scope: str) -> dict[str, Any]:
+        request = self._parse_scopes(scope.split())
+        if not request.default or request.graph:
+            raise OAuthError(
+                400,
+                "invalid_scope",
+                1002012,
+                f"The provided value for scope {scope} is not valid. Client credential flows must have "
+                "a scope value with /.default suffixed to the resource identifier "
+                "(application ID URI).",
+            )
+        now = self.clock.now()
+        claims = self._access_claims(app, now)
+        claims.update(
+            {
+                "idtyp": "app",
+                "oid": app.service_principal_id,
+                "sub": app.service_principal_id,
+                "roles": sorted(app.application_permissions),
+            }
+        )
+        if not app.application_permissions:
+            del claims["roles"]
+        return {
+            "token_type": "Bearer",
+            "expires_in": self.access_token_lifetime,
+            "ext_expires_in": self.access_token_lifetime,
+            "access_token": self.active_key.sign(claims),
+        }
+
+    def _password(self, app: AppRegistration, form: dict[str, str]) -> dict[str, Any]:
+        username = form.get("username", "")
+        password = form.get("password", "")
+        account = self.find_account(username)
+        if account is None:
+            raise OAuthError(
+                400,
+                "invalid_grant",
+                50034,
+                f"The user account {{EUII Hidden}} does not exist in the {self.tenant_id} directory. To "
+                "sign into this application, the account must be added to the directory.",
+            )
+        expected = account.password or ""
+        if not (hmac.compare_digest(expected.encode(), password.encode()) and account.password is not None):
+            raise OAuthError(
+                400,
+                "invalid_grant",
+                50126,
+                "Error validating credentials due to invalid username or password.",
+            )
+        if account.mfa_required:
+            raise _mfa_error()
+        request = self._parse_scopes(form.get("scope", "").split())
+        return self._user_tokens(app, account, request, form, mfa_done=False)
+
+    def _device_code(self, app: AppRegistration, form: dict[str, str]) -> dict[str, Any]:
+        device = self._devices.get(form.get("device_code", ""))
+        if device is None or device.client_id != app.client_id or device.redeemed:
+            raise OAuthError(
+                400,
+                "invalid_grant",
+                70000,
+                "The provided value for the input parameter 'device_code' is not valid.",
+            )
+        if device.expires_at <= self.clock.now():
+            raise OAuthError(
+                400,
+                "expired_token",
+                70020,
+                "The provided value for the input parameter "
+                "'device_code' is not valid. This device code has expired.",
+            )
+        if device.declined:
+            raise OAuthError(400, "authorization_declined", 70000, "The user declined the authorization.")
+        if device.approved_by is None:
+            raise OAuthError(
+                400,
+                "authorization_pending",
+                70016,
+                "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
+            )
+        device.redeemed = True
+        account = self.accounts[device.approved_by]
+        request = self._parse_scopes(device.scopes)
+        # The user signed in interactively, so MFA was satisfied on the way.
+        return self._user_tokens(app, account, request, form, mfa_done=True)
+
+    def _refresh_token(self, app: AppRegistration, form: dict[str, str]) -> dict[str, Any]:
+        presented = form.get("refresh_token", "")
+        grant = self._refresh.get(_digest(presented))
+        if grant is None:
+            raise OAuthError(
+                400, "invalid_grant", 9002313, "Invalid request. Request is malformed or invalid."
+            )
+        if grant.client_id != app.client_id:
+            raise OAuthError(400, "invalid_grant", 70000, "Provided grant is invalid or malformed.")
+        now = self.clock.now()
+        account = self.accounts[grant.user_id]
+        if grant.issued_at < account.tokens_valid_from:
+            issued = _iso(grant.issued_at)
+            valid_from = _iso(account.tokens_valid_from)
+            raise OAuthError(
+                400,
+                "invalid_grant",
+                50173,
+                "The provided grant has expired due to it being revoked, a fresh auth token is needed. "
+                "The user might have changed or reset their password. The grant was issued on "
+                f"'{issued}' and the TokensValidFrom date (before which tokens are not valid) for this "
+                f"user is '{valid_from}'.",
+            )
+        if now - grant.last_used > self.refresh_token_inactivity:
+            raise OAuthError(
+                400,
+                "invalid_grant",
+                700082,
+                f"The refresh token has expired due to inactivity. The token was issued on "
+                f"'{_iso(grant.issued_at)}' and was inactive for "
+                f"{self.refresh_token_inactivity // 86400}.00:00:00.",
+            )
+        if account.mfa_required and not grant.mfa_done:
+            raise _mfa_error()
+        grant.last_used = now
+        request = self._parse_scopes(form.get("scope", "").split())
+        return self._user_tokens(app, account, request, form, mfa_done=grant.mfa_done)
+
+    def _user_tokens(
+        self,
+        app: AppRegistration,
+        account: Account,
+        request: _ScopeRequest,
+        form: dict[str, str],
+        *,
+        mfa_done: bool,
+    ) -> dict[str, Any]:
+        consented = app.delegated_permissions
+        if not self.has_consent(app.client_id, account.id) or not request.graph <= consented:
+            raise _consent_error(app)
+        if not request.graph and not request.default and not consented:
+            raise _consent_error(app)
+        now = self.clock.now()
+        # The access token carries every consented permission of the resource, as Entra's does.
+        scp = sorted(consented)
+        claims = self._access_claims(app, now)
+        claims.update(
+            {
+                "idtyp": "user",
+                "oid": account.id,
+                "sub": _pairwise(account.id, app.client_id),
+                "scp": " ".join(scp),
+                "upn": account.user_principal_name,
+                "unique_name": account.user_principal_name,
+                "name": account.display_name,
+                "amr": ["pwd", "mfa"] if mfa_done else ["pwd"],
+            }
+        )
+        result: dict[str, Any] = {
+            "token_type": "Bearer",
+            "scope": " ".join([*scp, *sorted(request.oidc - {"offline_access"})]),
+            "expires_in": self.access_token_lifetime,
+            "ext_expires_in": self.access_token_lifetime,
+            "access_token": self.active_key.sign(claims),
+        }
+        if "offline_access" in request.oidc:
+            token = secrets.token_urlsafe(64)
+            self._refresh[_digest(token)] = RefreshGrant(
+                user_id=account.id,
+                client_id=app.client_id,
+                issued_at=now,
+                mfa_done=mfa_done,
+                last_used=now,
+            )
+            result["refresh_token"] = token
+        if "openid" in request.oidc:
+            result["id_token"] = self.active_key.sign(self._id_claims(app, account, now, form))
+        if form.get("client_info") == "1":
+            info = {"uid": account.id, "utid": self.tenant_id}
+            result["client_info"] = b64url(json.dumps(info).encode())
+        return result
+
+    def _access_claims(self, app: AppRegistration, now: float) -> dict[str, Any]:
+        issued = int(now)
+        return {
+            "aud": GRAPH_RESOURCE,
+            "iss": V1_ISSUER.format(tid=self.tenant_id),
+            "iat": issued,
+            "nbf": issued,
+            "exp": issued + self.access_token_lifetime,
+            "app_displayname": app.display_name,
+            "appid": app.client_id,
+            "appidacr": "1" if app.client_secret is not None else "0",
+            "tid": self.tenant_id,
+            "uti": b64url(secrets.token_bytes(16)),
+            "ver": "1.0",
+        }
+
+    def _id_claims(
+        self, app: AppRegistration, account: Account, now: float, form: dict[str, str]
+    ) -> dict[str, Any]:
+        issued = int(now)
+        claims: dict[str, Any] = {
+            "aud": app.client_id,
+            "iss": V2_ISSUER.format(tid=self.tenant_id),
+            "iat": issued,
+            "nbf": issued,
+            "exp": issued + 3600,
+            "name": account.display_name,
+            "oid": account.id,
+            "preferred_username": account.user_principal_name,
+            "sub": _pairwise(account.id, app.client_id),
+            "tid": self.tenant_id,
+            "uti": b64url(secrets.token_bytes(16)),
+            "ver": "2.0",
+        }
+        if form.get("nonce"):
+            claims["nonce"] = form["nonce"]
+        return claims
+
+    # ---- tokens Graph receives and sends -----------------------------------------------------
+
+    def verify_access_token(self, token: str, *, leeway: float = 300) -> AccessContext:
+        """Check a Graph bearer token against the sandbox keys and clock; raise ``TokenRejected``."""
+        if not token:
+            raise TokenRejected("Access token is empty.")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise TokenRejected("CompactToken parsing failed with error code: 80049217") from None
+        key = next((k for k in self.keys if k.kid == header.get("kid")), None)
+        if key is None:
+            raise TokenRejected("Access token validation failure. Signing key not found.")
+        try:
+            claims = jwt.decode(
+                token,
+                key.private_key.public_key(),
+                algorithms=["RS256"],
+                options={"verify_aud": False, "verify_exp": False, "verify_nbf": False, "verify_iat": False},
+            )
+        except jwt.PyJWTError:
+            raise TokenRejected("Access token validation failure. Invalid signature.") from None
+        if claims.get("aud") not in (GRAPH_RESOURCE, GRAPH_APP_ID, f"{GRAPH_RESOURCE}/"):
+            raise TokenRejected("Access token validation failure. Invalid audience.")
+        if claims.get("iss") != V1_ISSUER.format(tid=self.tenant_id):
+            raise TokenRejected("Access token validation failure. Invalid issuer.")
+        now = self.clock.now()
+        exp = float(claims.get("exp", 0))
+        if now > exp + leeway:
+            raise TokenRejected("Lifetime validation failed, the token is expired.")
+        if now + leeway < float(claims.get("nbf", 0)):
+            raise TokenRejected("Lifetime validation failed, the token is not yet valid.")
+        app_id = str(claims.get("appid", ""))
+        if app_id not in self.apps:
+            raise TokenRejected("Access token validation failure. Unknown application.")
+        user_id = claims.get("oid") if claims.get("idtyp") == "user" else None
+        scopes = frozenset(str(claims.get("scp", "")).split())
+        return AccessContext(
+            app_id=app_id,
+            tenant_id=str(claims.get("tid", "")),
+            user_id=str(user_id) if user_id else None,
+            scopes=scopes,
+            roles=frozenset(str(role) for role in claims.get("roles", [])),
+            issued_at=float(claims.get("iat", 0)),
+            expires_at=exp,
+        )
+
+    def validation_token(self, app_id: str, version: str = "v2") -> str:
+        """A change-notification ``validationTokens`` entry for one app in this tenant (§5)."""
+        now = int(self.clock.now())
+        claims: dict[str, Any] = {
+            "aud": app_id,
+            "iat": now,
+            "nbf": now,
+            "exp": now + self.validation_token_lifetime,
+            "tid": self.tenant_id,
+            "oid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"change-tracking/{self.tenant_id}")),
+            "sub": str(uuid.uuid5(uuid.NAMESPACE_URL, f"change-tracking/{self.tenant_id}")),
+            "idtyp": "app",
+            "uti": b64url(secrets.token_bytes(16)),
+        }
+        if version == "v1":
+            claims.update(
+                {
+                    "iss": V1_ISSUER.format(tid=self.tenant_id),
+                    "appid": CHANGE_TRACKING_APP_ID,
+                    "appidacr": "2",
+                    "ver": "1.0",
+                }
+            )
+        else:
+            claims.update(
+                {
+                    "iss": V2_ISSUER.format(tid=self.tenant_id),
+                    "azp": CHANGE_TRACKING_APP_ID,
+                    "azpacr": "2",
+                    "ver": "2.0",
+                }
+            )
+        return self.active_key.sign(claims)
+
+
+def _digest(token: str) -> str:
+    # Refresh tokens are kept only as digests: a dump of the sandbox state holds no usable token.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _pairwise(user_id: str, client_id: str) -> str:
+    return b64url(hashlib.sha256(f"{user_id}:{client_id}".encode()).digest())
+
+
+def _iso(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%m/%d/%Y %H:%M:%S")
+
+
+# ---- HTTP ------------------------------------------------------------------------------------
+
+
+def _form(body: bytes) -> dict[str, str]:
+    return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+
+
+def _basic_auth(request: Request) -> tuple[str, str] | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic" or not value:
+        return None
+    try:
+        decoded = base64.b64decode(value, validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    if not sep:
+        return None
+    return unquote_plus(user), unquote_plus(password)
+
+
+def entra_routes(tenant: EntraTenant, base_url: Callable[[], str]) -> list[Route]:
+    """Starlette routes for the tenant; ``base_url`` is read per request (the port is known late)."""
+
+    def oauth_error(exc: OAuthError, request: Request) -> JSONResponse:
+        correlation = request.headers.get("client-request-id") or str(uuid.uuid4())
+        body = exc.body(tenant.clock.utcnow(), correlation, base_url())
+        headers = {"WWW-Authenticate": 'Basic realm="sandbox"'} if exc.status == 401 else None
+        return JSONResponse(body, status_code=exc.status, headers=headers)
+
+    def unknown_tenant(segment: str) -> JSONResponse:
+        error = OAuthError(
+            400,
+            "invalid_tenant",
+            90002,
+            f"Tenant '{segment}' not found. Check to make sure you have the correct tenant ID and are "
+            "signing into the correct cloud.",
+        )
+        return JSONResponse(error.body(tenant.clock.utcnow(), str(uuid.uuid4()), base_url()), 400)
+
+    async def metadata_v2(request: Request) -> Response:
+        segment = request.path_params["tenant"]
+        if not tenant.knows_tenant(segment):
+            return unknown_tenant(segment)
+        return JSONResponse(tenant.openid_configuration(base_url(), segment, "v2"))
+
+    async def metadata_v1(request: Request) -> Response:
+        segment = request.path_params["tenant"]
+        if not tenant.knows_tenant(segment):
+            return unknown_tenant(segment)
+        return JSONResponse(tenant.openid_configuration(base_url(), segment, "v1"))
+
+    async def keys(request: Request) -> Response:
+        segment = request.path_params["tenant"]
+        if not tenant.knows_tenant(segment):
+            return unknown_tenant(segment)
+        return JSONResponse(tenant.jwks())
+
+    async def user_realm(request: Request) -> Response:
+        return JSONResponse(tenant.user_realm(request.path_params["username"]))
+
+    async def token(request: Request) -> Response:
+        segment = request.path_params["tenant"]
+        if not tenant.knows_tenant(segment):
+            return unknown_tenant(segment)
+        form = _form(await read_bounded_body(request, TOKEN_BODY_LIMIT))
+        try:
+            result = tenant.token(form, _basic_auth(request))
+        except OAuthError as exc:
+            return oauth_error(exc, request)
+        return JSONResponse(result, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+    async def devicecode(request: Request) -> Response:
+        segment = request.path_params["tenant"]
+        if not tenant.knows_tenant(segment):
+            return unknown_tenant(segment)
+        form = _form(await read_bounded_body(request, TOKEN_BODY_LIMIT))
+        try:
+            return JSONResponse(tenant.device_authorization(form, base_url()))
+        except OAuthError as exc:
+            return oauth_error(exc, request)
+
+    async def device_login(request: Request) -> Response:
+        # The page a person opens from the device-code message: code plus password sign-in.
+        message = ""
+        if request.method == "POST":
+            form = _form(await read_bounded_body(request, TOKEN_BODY_LIMIT))
+            account = tenant.find_account(form.get("username", ""))
+            password = form.get("password", "")
+            valid = (
+                account is not None
+                and account.password is not None
+                and hmac.compare_digest(account.password.encode(), password.encode())
+            )
+            if not valid or account is None:
+                message = "Sign-in failed: unknown user or wrong password."
+            else:
+                try:
+                    tenant.approve_device_code(form.get("user_code", ""), account.id)
+                    message = "Signed in. You can close this page and return to the device."
+                except KeyError:
+                    message = "That code is unknown or expired."
+        return HTMLResponse(_DEVICE_PAGE.format(message=html.escape(message)))
+
+    return [
+        Route("/{tenant}/v2.0/.well-known/openid-configuration", metadata_v2),
+        Route("/{tenant}/.well-known/openid-configuration", metadata_v1),
+        Route("/{tenant}/discovery/v2.0/keys", keys),
+        Route("/{tenant}/discovery/keys", keys),
+        Route("/common/userrealm/{username}", user_realm),
+        Route("/{tenant}/oauth2/v2.0/token", token, methods=["POST"]),
+        Route("/{tenant}/oauth2/v2.0/devicecode", devicecode, methods=["POST"]),
+        Route("/devicelogin", device_login, methods=["GET", "POST"]),
+    ]
+
+
+_DEVICE_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Sandbox device sign-in</title></head>
+<body><h1>Enter code</h1><p>{message}</p>
+<form method="post"><label>Code <input name="user_code" autocomplete="off"></label><br>
+<label>User <input name="username"></label><br>
+<label>Password <input name="password" type="password"></label><br>
+<button type="submit">Sign in</button></form></body></html>
+"""

@@ -1,0 +1,1983 @@
+"""Graph sandbox: Entra ID plus Microsoft Graph presence and change notifications, over TLS.
+
+A faithful stand-in for what the bridge talks to (reference/graph.md): MSAL gets tokens from it
+unmodified; ``/v1.0`` serves users, presence and subscriptions with Graph's rules and error shapes;
+changes of a user's aggregated presence go out as encrypted rich notifications (with
+``validationTokens`` signed by a key in the sandbox JWKS), retried with backoff; lifecycle events
+warn before expiry and after revocation.  ``/_sandbox`` is the control API (docs/sandbox-graph.md).
+
+Run it with ``presence-bridge sandbox graph`` (``add_arguments`` / ``run`` below) or, in tests,
+with ``GraphSandbox(...).serve_in_thread()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fnmatch
+import hmac
+import json
+import logging
+import math
+import re
+import secrets
+import socket
+import threading
+import time
+import urllib.parse
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.crypto import encrypt_content
+from service.sandbox.clock import Clock
+from service.sandbox.entra import (
+    JSON_BODY_LIMIT,
+    AccessContext,
+    Account,
+    AppRegistration,
+    BodyTooLarge,
+    EntraTenant,
+    OAuthError,
+    SigningKey,
+    TokenRejected,
+    entra_routes,
+    read_bounded_body,
+)
+from service.sandbox.graphstate import (
+    ACTIVITIES,
+    AVAILABILITIES,
+    CERTIFICATE_ID_MAX,
+    CLIENT_STATE_MAX,
+    PREFERRED_COMBINATIONS,
+    PRESENCE_MAX_IDS,
+    REAUTHORIZE_PATCH_GAP,
+    SESSION_DEFAULT,
+    SESSION_MAX,
+    SESSION_MIN,
+    SET_PRESENCE_COMBINATIONS,
+    GraphError,
+    PresenceBook,
+    RateLimiter,
+    Subscription,
+    SubscriptionBook,
+    bad_request,
+    expiration,
+    format_datetime,
+    https_url,
+    normalize_ids,
+    parse_certificate,
+    parse_duration,
+    parse_presence_resource,
+)
+from service.tls import CertificateAuthority, client_context
+
+log = logging.getLogger(__name__)
+
+BATCH_MAX = 20
+DELIVERY_LOG_LIMIT = 10_000
+RESPONSE_READ_LIMIT = 64 * 1024
+USERS_PAGE_DEFAULT = 100
+USERS_PAGE_MAX = 999
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+VALIDATION_TOKEN_PREFIX = "Validation: Testing client application reachability for subscription Request-Id: "
+
+
+@dataclass
+class SandboxOptions:
+    """Everything that can be tuned; the defaults are Graph's documented numbers."""
+
+    tenant_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    domain: str = "sandbox.onmicrosoft.com"
+    client_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(30), repr=False)
+    control_token: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
+    # Outgoing TLS (handshakes, notifications) trusts this CA file; None = the sandbox's own CA.
+    delivery_ca_file: str | None = None
+    coalesce_seconds: float = 1.0
+    max_items_per_post: int = 100
+    handshake_timeout: float = 10.0
+    delivery_timeout: float = 3.0
+    retry_timeout: float = 10.0
+    backoff_base_seconds: float = 10.0
+    backoff_max_seconds: float = 1800.0
+    max_attempts: int = 12
+    retry_horizon_seconds: float = 4 * 3600.0
+    reauthorization_lead_seconds: float = 15 * 60.0
+    throttle_limit: int = 1500
+    throttle_window_seconds: float = 30.0
+    validation_token_version: str = "v2"
+    access_token_lifetime: int = 3599
+    device_code_interval: int = 5
+    clock_speed: float = 1.0
+    signing_key: SigningKey | None = None
+
+
+# ---- failure injection -----------------------------------------------------------------------
+
+
+@dataclass
+class Fault:
+    id: str
+    method: str
+    path: str  # fnmatch pattern over the request path, e.g. /v1.0/users/*/presence
+    remaining: int
+    status: int | None
+    stall_seconds: float
+    retry_after: int | None
+
+    def matches(self, method: str, path: str) -> bool:
+        return self.remaining > 0 and self.method in ("*", method) and fnmatch.fnmatchcase(path, self.path)
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "method": self.method,
+            "path": self.path,
+            "remaining": self.remaining,
+            "status": self.status,
+            "stallSeconds": self.stall_seconds,
+            "retryAfter": self.retry_after,
+        }
+
+
+class FaultBook:
+    def __init__(self) -> None:
+        self.items: list[Fault] = []
+
+    def take(self, method: str, path: str) -> Fault | None:
+        for fault in self.items:
+            if fault.matches(method, path):
+                fault.remaining -= 1
+                if fault.remaining <= 0:
+                    self.items.remove(fault)
+                return fault
+        return None
+
+
+# ---- Graph request plumbing ------------------------------------------------------------------
+
+
+@dataclass
+class GraphCall:
+    method: str
+    path: str  # relative to /v1.0, decoded, no leading slash
+    query: dict[str, str]
+    headers: Mapping[str, str]  # lower-case names
+    body: bytes
+
+
+@dataclass
+class GraphResult:
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Handler = Callable[[GraphCall, AccessContext, re.Match[str]], Awaitable[GraphResult]]
+
+
+@dataclass(frozen=True)
+class GraphRoute:
+    method: str
+    pattern: re.Pattern[str]
+    handler: Handler
+    presence: bool  # counts against the presence rate limit
+
+
+def _json_body(call: GraphCall) -> dict[str, Any]:
+    if not call.body.strip():
+        return {}
+    try:
+        value = json.loads(call.body)
+    except (ValueError, UnicodeDecodeError):
+        raise bad_request(
+            "Unable to read JSON request payload. Please ensure Content-Type header is set and payload "
+            "is of valid JSON format."
+        ) from None
+    if not isinstance(value, dict):
+        raise bad_request("The request payload must be a JSON object.")
+    return value
+
+
+def _forbidden(ctx: AccessContext, app_perms: set[str], delegated_perms: set[str]) -> GraphError:
+    if ctx.app_only:
+        return GraphError(
+            403,
+            "Forbidden",
+            f"Missing role permissions on the request. API requires one of "
+            f"'{', '.join(sorted(app_perms))}'. Roles on the request '{', '.join(sorted(ctx.roles))}'.",
+        )
+    return GraphError(
+        403,
+        "Forbidden",
+        f"Missing scope permissions on the request. API requires one of "
+        f"'{', '.join(sorted(delegated_perms))}'. Scopes on the request '{' '.join(sorted(ctx.scopes))}'.",
+    )
+
+
+def _require(ctx: AccessContext, app_perms: set[str], delegated_perms: set[str]) -> None:
+    granted = ctx.roles if ctx.app_only else ctx.scopes
+    wanted = app_perms if ctx.app_only else delegated_perms
+    if not granted & wanted:
+        raise _forbidden(ctx, app_perms, delegated_perms)
+
+
+# ---- delivery --------------------------------------------------------------------------------
+
+
+@dataclass
+class PendingItem:
+    subscription_id: str
+    app_id: str
+    rich: bool
+    payload: dict[str, Any]
+
+
+class Notifier:
+    """Coalesces items per endpoint, POSTs them, retries with backoff, logs every attempt."""
+
+    def __init__(self, sandbox: GraphSandbox) -> None:
+        self.sandbox = sandbox
+        self.options = sandbox.options
+        self.log: deque[dict[str, Any]] = deque(maxlen=DELIVERY_LOG_LIMIT)
+        self._attempt_ids = 0
+        self._queues: dict[tuple[str, str], list[PendingItem]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._flushing: set[tuple[str, str]] = set()
+        self.http: aiohttp.ClientSession | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks) + sum(len(q) for q in self._queues.values())
+
+    def enqueue(self, url: str, channel: str, item: PendingItem) -> None:
+        key = (url, channel)
+        self._queues.setdefault(key, []).append(item)
+        if key not in self._flushing:
+            self._flushing.add(key)
+            self._spawn(self._flush(key))
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _flush(self, key: tuple[str, str]) -> None:
+        # Real time, not the sandbox clock: the window only gathers changes that happen together.
+        await asyncio.sleep(self.options.coalesce_seconds)
+        self._flushing.discard(key)
+        queue = self._queues.pop(key, [])
+        size = max(1, self.options.max_items_per_post)
+        for start in range(0, len(queue), size):
+            self._spawn(self._deliver(key[0], key[1], queue[start : start + size]))
+
+    def _live(self, channel: str, items: list[PendingItem]) -> list[PendingItem]:
+        now = self.sandbox.clock.now()
+        live = []
+        for item in items:
+            subscription = self.sandbox.subscriptions.get(item.subscription_id)
+            if subscription is None:
+                continue
+            ok = subscription.active(now) if channel == "lifecycle" else subscription.delivering(now)
+            if ok:
+                live.append(item)
+        return live
+
+    def _body(self, items: list[PendingItem]) -> dict[str, Any]:
+        body: dict[str, Any] = {"value": [item.payload for item in items]}
+        apps = sorted({item.app_id for item in items if item.rich})
+        if apps:
+            version = self.options.validation_token_version
+            body["validationTokens"] = [self.sandbox.entra.validation_token(a, version) for a in apps]
+        return body
+
+    async def _deliver(self, url: str, channel: str, items: list[PendingItem]) -> None:
+        clock = self.sandbox.clock
+        started = clock.now()
+        attempt = 0
+        while True:
+            attempt += 1
+            live = self._live(channel, items)
+            if not live:
+                self._record(url, channel, items, attempt, None, None, "dropped", "subscription inactive")
+                return
+            timeout = self.options.delivery_timeout if attempt == 1 else self.options.retry_timeout
+            status, latency, error = await self._post_json(url, self._body(live), timeout)
+            if status is not None and 200 <= status < 300:
+                self._record(url, channel, live, attempt, status, latency, "delivered", None)
+                return
+            delay = min(
+                self.options.backoff_base_seconds * 2 ** (attempt - 1), self.options.backoff_max_seconds
+            )
+            retry_at = clock.now() + delay
+            if (
+                attempt >= self.options.max_attempts
+                or retry_at - started > self.options.retry_horizon_seconds
+            ):
+                self._record(url, channel, live, attempt, status, latency, "gave-up", error)
+                return
+            entry = self._record(url, channel, live, attempt, status, latency, "retry-scheduled", error)
+            entry["nextAttemptAt"] = format_datetime(retry_at)
+            await clock.sleep_until(retry_at)
+
+    async def _post_json(
+        self, url: str, body: dict[str, Any], limit_seconds: float
+    ) -> tuple[int | None, float, str | None]:
+        """One POST; returns (status or None, real latency in ms, error label or None)."""
+        assert self.http is not None, "the sandbox app is not running"
+        data = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json; charset=utf-8"}
+        begin = time.perf_counter()
+        try:
+            async with self.http.post(
+                url, data=data, headers=headers, timeout=aiohttp.ClientTimeout(total=limit_seconds)
+            ) as response:
+                await _read_capped(response)
+                status = response.status
+        except TimeoutError:
+            return None, (time.perf_counter() - begin) * 1000, "timeout"
+        except aiohttp.ClientError as exc:
+            return None, (time.perf_counter() - begin) * 1000, f"connection: {type(exc).__name__}"
+        return status, (time.perf_counter() - begin) * 1000, None
+
+    def _record(
+        self,
+        url: str,
+        channel: str,
+        items: list[PendingItem],
+        attempt: int,
+        status: int | None,
+        latency: float | None,
+        outcome: str,
+        error: str | None,
+    ) -> dict[str, Any]:
+        self._attempt_ids += 1
+        entry: dict[str, Any] = {
+            "id": self._attempt_ids,
+            "kind": channel,
+            "url": url,
+            "attempt": attempt,
+            "at": format_datetime(self.sandbox.clock.now()),
+            "status": status,
+            "latencyMs": None if latency is None else round(latency, 1),
+            "outcome": outcome,
+            "error": error,
+            "items": len(items),
+            "subscriptionIds": sorted({i.subscription_id for i in items}),
+        }
+        self.log.append(entry)
+        return entry
+
+    def record_validation(
+        self, url: str, status: int | None, latency: float, outcome: str, error: str | None
+    ) -> None:
+        self._attempt_ids += 1
+        self.log.append(
+            {
+                "id": self._attempt_ids,
+                "kind": "validation",
+                "url": url,
+                "attempt": 1,
+                "at": format_datetime(self.sandbox.clock.now()),
+                "status": status,
+                "latencyMs": round(latency, 1),
+                "outcome": outcome,
+                "error": error,
+                "items": 0,
+                "subscriptionIds": [],
+            }
+        )
+
+
+# ---- the sandbox -----------------------------------------------------------------------------
+
+
+class GraphSandbox:
+    """State, Graph API, control API and delivery, assembled into one Starlette app."""
+
+    def __init__(self, options: SandboxOptions | None = None, *, state_dir: Path) -> None:
+        self.options = options or SandboxOptions()
+        self.state_dir = state_dir
+        self.clock = Clock(speed=self.options.clock_speed)
+        self.entra = EntraTenant(
+            self.clock,
+            tenant_id=self.options.tenant_id,
+            domain=self.options.domain,
+            signing_key=self.options.signing_key,
+            access_token_lifetime=self.options.access_token_lifetime,
+            device_code_interval=self.options.device_code_interval,
+        )
+        self.entra.add_app(
+            AppRegistration(
+                client_id=self.options.client_id,
+                display_name="presence-bridge",
+                client_secret=self.options.client_secret,
+                application_permissions={"Presence.ReadWrite.All", "Presence.Read.All", "User.Read.All"},
+                delegated_permissions={"Presence.Read.All", "User.Read"},
+            )
+        )
+        self.entra.revocation_listeners.append(self._authorization_revoked)
+        self.presence = PresenceBook(self.clock, self._presence_changed)
+        self.subscriptions = SubscriptionBook(self.clock)
+        self.limiter = RateLimiter(
+            self.clock, self.options.throttle_limit, self.options.throttle_window_seconds
+        )
+        self.faults = FaultBook()
+        self.notifier = Notifier(self)
+        self.base_url = ""
+        self.ca = CertificateAuthority("presence-bridge Graph sandbox CA")
+        self.ca_file = self.ca.write_ca(state_dir / "ca.crt")
+        self._routes = self._graph_routes()
+        self._ticker: asyncio.Task[None] | None = None
+        self.app = self._build_app()
+
+    # ---- seeding -----------------------------------------------------------------------------
+
+    def add_user(
+        self,
+        display_name: str,
+        *,
+        mail: str | None = None,
+        user_principal_name: str | None = None,
+        user_id: str | None = None,
+        password: str | None = None,
+        mfa_required: bool = False,
+    ) -> Account:
+        """Create a directory user; with a password it can sign in (a service account)."""
+        if user_id is not None and not _GUID.match(user_id):
+            raise ValueError("a user id must be a GUID, as Entra object ids are")
+        local = re.sub(r"[^a-z0-9.]+", ".", display_name.lower()).strip(".") or "user"
+        upn = user_principal_name or (mail if mail else f"{local}@{self.options.domain}")
+        given, _, surname = display_name.partition(" ")
+        account = Account(
+            id=(user_id or str(uuid.uuid4())).lower(),
+            user_principal_name=upn,
+            display_name=display_name,
+            mail=mail if mail is not None else upn,
+            given_name=given or None,
+            surname=surname or None,
+            password=password,
+            mfa_required=mfa_required,
+        )
+        self.entra.add_account(account)
+        self.presence.user(account.id)
+        return account
+
+    # ---- time --------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Publish time-based presence changes and due lifecycle events at the current time."""
+        self.presence.refresh()
+        now = self.clock.now()
+        lead = self.options.reauthorization_lead_seconds
+        for item in self.subscriptions.active():
+            deadline = min(item.expires_at, item.authorized_until)
+            if now >= deadline - lead and item.lifecycle_sent_for != deadline:
+                item.lifecycle_sent_for = deadline
+                self._send_lifecycle(item, "reauthorizationRequired")
+        self.subscriptions.prune()
+
+    def advance(self, seconds: float) -> float:
+        """Move the clock forward, stopping at every deadline on the way so no transition is skipped."""
+        target = self.clock.now() + seconds
+        while True:
+            deadlines = [
+                d
+                for d in (
+                    self.presence.next_deadline(),
+                    self.subscriptions.next_deadline(self.options.reauthorization_lead_seconds),
+                )
+                if d is not None
+            ]
+            step = min(deadlines) if deadlines else None
+            if step is None or step > target:
+                break
+            self.clock.advance(max(0.0, step - self.clock.now()))
+            self.tick()
+        self.clock.advance(max(0.0, target - self.clock.now()))
+        self.tick()
+        return self.clock.now()
+
+    async def _run_ticker(self) -> None:
+        while True:
+            try:
+                self.tick()
+            except Exception:  # a bug in one tick must not stop time for the whole sandbox
+                log.exception("sandbox tick failed")
+            deadlines = [
+                d
+                for d in (
+                    self.presence.next_deadline(),
+                    self.subscriptions.next_deadline(self.options.reauthorization_lead_seconds),
+                )
+                if d is not None
+            ]
+            await self.clock.sleep_until(min([*deadlines, self.clock.now() + 60]))
+
+    # ---- notifications -----------------------------------------------------------------------
+
+    def _presence_changed(self, user_id: str, _entry: dict[str, Any]) -> None:
+        if self.notifier.http is None:  # not serving yet (seeding): nobody can be subscribed
+            return
+        resource = None
+        for item in self.subscriptions.covering(user_id):
+            if resource is None:
+                resource = self.presence.snapshot(user_id)
+            payload: dict[str, Any] = {
+                "subscriptionId": item.id,
+                "subscriptionExpirationDateTime": format_datetime(item.expires_at),
+                "clientState": item.client_state,
+                "changeType": "updated",
+                "resource": f"communications/presences/{user_id}",
+                "tenantId": item.tenant_id,
+                "organizationId": item.tenant_id,
+                "resourceData": {
+                    "@odata.id": f"users/{user_id}/presence",
+                    "@odata.type": "#microsoft.graph.presence",
+                    "id": user_id,
+                },
+            }
+            if item.include_resource_data and item.certificate is not None:
+                content = {"@odata.id": f"users/{user_id}/presence", **resource}
+                payload["encryptedContent"] = encrypt_content(
+                    json.dumps(content).encode(), item.certificate, item.encryption_certificate_id or ""
+                )
+            self.notifier.enqueue(
+                item.notification_url,
+                "change",
+                PendingItem(
+                    item.id, item.notification_url_app_id or item.app_id, item.include_resource_data, payload
+                ),
+            )
+
+    def _send_lifecycle(self, item: Subscription, event: str) -> None:
+        if item.lifecycle_url is None or self.notifier.http is None:
+            return
+        payload = {
+            "subscriptionId": item.id,
+            "subscriptionExpirationDateTime": format_datetime(item.expires_at),
+            "tenantId": item.tenant_id,
+            "clientState": item.client_state,
+            "lifecycleEvent": event,
+        }
+        self.notifier.enqueue(
+            item.lifecycle_url, "lifecycle", PendingItem(item.id, item.app_id, False, payload)
+        )
+
+    def _authorization_revoked(self, client_id: str | None, user_id: str | None) -> None:
+        for item in self.subscriptions.active():
+            if (client_id is None or item.app_id == client_id) and (
+                user_id is None or item.creator_id == user_id
+            ):
+                item.revoked = True
+                self._send_lifecycle(item, "reauthorizationRequired")
+
+    async def _validate_endpoint(self, url: str) -> None:
+        """§2: POST ?validationToken=…; 200, text/plain, body = the decoded token, within the timeout."""
+        token = VALIDATION_TOKEN_PREFIX + str(uuid.uuid4())
+        query = urllib.parse.urlencode({"validationToken": token}, quote_via=urllib.parse.quote)
+        target = f"{url}{'&' if '?' in url else '?'}{query}"
+        assert self.notifier.http is not None
+        begin = time.perf_counter()
+        try:
+            async with self.notifier.http.post(
+                target,
+                data=b"",
+                headers={"Content-Type": "text/plain; charset=utf-8"},
+                timeout=aiohttp.ClientTimeout(total=self.options.handshake_timeout),
+            ) as response:
+                body = await _read_capped(response)
+                status = response.status
+                reason = response.reason or str(status)
+                content_type = response.headers.get("Content-Type", "")
+        except TimeoutError:
+            self.notifier.record_validation(
+                url, None, (time.perf_counter() - begin) * 1000, "failed", "timeout"
+            )
+            raise GraphError(400, "ValidationError", "Subscription validation request timed out.") from None
+        except aiohttp.ClientError as exc:
+            self.notifier.record_validation(
+                url, None, (time.perf_counter() - begin) * 1000, "failed", f"connection: {type(exc).__name__}"
+            )
+            raise GraphError(
+                400,
+                "ValidationError",
+                "Subscription validation request failed. Notification endpoint must respond with 200 OK "
+                "to validation request.",
+            ) from None
+        latency = (time.perf_counter() - begin) * 1000
+        problem = None
+        if status != 200:
+            problem = (
+                f"Subscription validation request failed. HTTP status code is '{reason.replace(' ', '')}'. "
+                "Notification endpoint must respond with 200 OK to validation request."
+            )
+        elif not content_type.lower().startswith("text/plain"):
+            problem = "Subscription validation request failed. Response must be of content type text/plain."
+        elif body != token.encode():
+            problem = (
+                "Subscription validation request failed. Response must exactly match validationToken "
+                "query parameter."
+            )
+        self.notifier.record_validation(url, status, latency, "failed" if problem else "validated", problem)
+        if problem:
+            raise GraphError(400, "ValidationError", problem)
+
+    # ---- Graph API ---------------------------------------------------------------------------
+
+    def _graph_routes(self) -> list[GraphRoute]:
+        def route(method: str, pattern: str, handler: Handler, presence: bool = False) -> GraphRoute:
+            return GraphRoute(method, re.compile(f"^{pattern}$", re.IGNORECASE), handler, presence)
+
+        user = r"users/(?P<user>[^/]+)"
+        return [
+            route("GET", "users", self._list_users),
+            route("GET", "me", self._get_user),
+            route("GET", user, self._get_user),
+            route("GET", f"{user}/presence", self._get_presence, True),
+            route("GET", "me/presence", self._get_presence, True),
+            route("GET", r"communications/presences/(?P<user>[^/]+)", self._get_presence, True),
+            route("POST", "communications/getPresencesByUserId", self._get_presences_by_id, True),
+            route("POST", f"{user}/presence/setPresence", self._set_presence, True),
+            route("POST", f"{user}/presence/clearPresence", self._clear_presence, True),
+            route("POST", f"{user}/presence/setUserPreferredPresence", self._set_preferred, True),
+            route("POST", f"{user}/presence/clearUserPreferredPresence", self._clear_preferred, True),
+            route("POST", f"{user}/presence/setStatusMessage", self._set_status_message, True),
+            route("POST", "subscriptions", self._create_subscription),
+            route("GET", "subscriptions", self._list_subscriptions),
+            route("GET", r"subscriptions/(?P<sid>[^/]+)", self._get_subscription),
+            route("PATCH", r"subscriptions/(?P<sid>[^/]+)", self._patch_subscription),
+            route("DELETE", r"subscriptions/(?P<sid>[^/]+)", self._delete_subscription),
+            route("POST", r"subscriptions/(?P<sid>[^/]+)/reauthorize", self._reauthorize_subscription),
+        ]
+
+    async def dispatch(self, call: GraphCall) -> GraphResult:
+        """One Graph request (top level or inside ``$batch``): auth, throttling, faults, handler."""
+        try:
+            fault = self.faults.take(call.method, f"/v1.0/{call.path}")
+            if fault is not None:
+                if fault.stall_seconds:
+                    await asyncio.sleep(fault.stall_seconds)
+                if fault.status is not None:
+                    headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+                    raise GraphError(
+                        fault.status, _status_code_name(fault.status), "Injected failure.", headers
+                    )
+            matched = [(r, m) for r in self._routes if (m := r.pattern.match(call.path))]
+            if not matched:
+                segment = call.path.split("/")[0] or call.path
+                raise bad_request(f"Resource not found for the segment '{segment}'.")
+            chosen = next(((r, m) for r, m in matched if r.method == call.method), None)
+            if chosen is None:
+                raise GraphError(405, "BadRequest", f"The HTTP method '{call.method}' is not allowed here.")
+            graph_route, match = chosen
+            ctx = self._authenticate(call)
+            if graph_route.presence:
+                wait = self.limiter.check(f"{ctx.app_id}/{ctx.tenant_id}")
+                if wait is not None:
+                    raise GraphError(
+                        429,
+                        "TooManyRequests",
+                        "Too many requests. Please retry after the time given in Retry-After.",
+                        {"Retry-After": str(max(1, math.ceil(wait)))},
+                    )
+            return await graph_route.handler(call, ctx, match)
+        except GraphError as exc:
+            headers = dict(exc.headers)
+            if exc.status == 401:
+                headers["WWW-Authenticate"] = (
+                    'Bearer realm="", '
+                    'authorization_uri="https://login.microsoftonline.com/common/oauth2/authorize", '
+                    'client_id="00000003-0000-0000-c000-000000000000"'
+                )
+            return GraphResult(
+                exc.status, exc.body(self.clock.utcnow(), call.headers.get("client-request-id")), headers
+            )
+
+    def _authenticate(self, call: GraphCall) -> AccessContext:
+        scheme, _, token = call.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            token = ""
+        try:
+            return self.entra.verify_access_token(token.strip())
+        except TokenRejected as exc:
+            raise GraphError(401, "InvalidAuthenticationToken", str(exc)) from None
+
+    def _account(self, ctx: AccessContext, match: re.Match[str]) -> Account:
+        key = match.groupdict().get("user")
+        if key is None:  # /me
+            if ctx.app_only:
+                raise bad_request("/me request is only valid with delegated authentication flow.")
+            key = ctx.user_id or ""
+        account = self.entra.find_account(urllib.parse.unquote(key).lower())
+        if account is None:
+            raise GraphError(
+                404,
+                "Request_ResourceNotFound",
+                f"Resource '{key}' does not exist or one of its queried reference-property objects "
+                "are not present.",
+            )
+        return account
+
+    # users
+
+    async def _list_users(self, call: GraphCall, ctx: AccessContext, _m: re.Match[str]) -> GraphResult:
+        _require(ctx, {"User.Read.All"}, {"User.Read.All", "User.ReadBasic.All"})
+        accounts = sorted(self.entra.accounts.values(), key=lambda a: a.user_principal_name.lower())
+        if "$filter" in call.query:
+            accounts = [a for a in accounts if _user_filter(call.query["$filter"])(a)]
+        try:
+            top = int(call.query.get("$top", USERS_PAGE_DEFAULT))
+            skip = int(call.query.get("$skiptoken", "0"))
+        except ValueError:
+            raise bad_request("Invalid value for $top or $skiptoken.") from None
+        if not 1 <= top <= USERS_PAGE_MAX:
+            raise bad_request(
+                f"Invalid page size specified: '{top}'. Must be between 1 and {USERS_PAGE_MAX} inclusive."
+            )
+        page = accounts[skip : skip + top]
+        select = [s.strip() for s in call.query.get("$select", "").split(",") if s.strip()]
+        body: dict[str, Any] = {
+            "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#users",
+            "value": [_select(a.graph_json(), select) for a in page],
+        }
+        if skip + top < len(accounts):
+            params = {k: v for k, v in call.query.items() if k != "$skiptoken"}
+            params["$skiptoken"] = str(skip + top)
+            body["@odata.nextLink"] = f"{self.base_url}/v1.0/users?{urllib.parse.urlencode(params)}"
+        return GraphResult(200, body)
+
+    async def _get_user(self, call: GraphCall, ctx: AccessContext, match: re.Match[str]) -> GraphResult:
+        account = self._account(ctx, match)
+        if ctx.app_only or account.id != ctx.user_id:
+            _require(ctx, {"User.Read.All"}, {"User.Read.All", "User.ReadBasic.All"})
+        else:
+            _require(ctx, set(), {"User.Read", "User.Read.All", "User.ReadBasic.All"})
+        select = [s.strip() for s in call.query.get("$select", "").split(",") if s.strip()]
+        body = {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#users/$entity"}
+        body.update(_select(account.graph_json(), select))
+        return GraphResult(200, body)
+
+    # presence reads
+
+    def _require_presence_read(self, ctx: AccessContext, user_id: str | None) -> None:
+        delegated = {"Presence.Read.All"}
+        if user_id is not None and user_id == ctx.user_id:
+            delegated.add("Presence.Read")
+        _require(ctx, {"Presence.Read.All", "Presence.ReadWrite.All"}, delegated)
+
+    async def _get_presence(self, call: GraphCall, ctx: AccessContext, match: re.Match[str]) -> GraphResult:
+        account = self._account(ctx, match)
+        self._require_presence_read(ctx, account.id)
+        body = {
+            "@odata.context": f"https://graph.microsoft.com/v1.0/$metadata#users('{account.id}')/presence/$entity"
+        }
+        body.update(self.presence.resource(account.id))
+        return GraphResult(200, body)
+
+    async def _get_presences_by_id(
+        self, call: GraphCall, ctx: AccessContext, _m: re.Match[str]
+    ) -> GraphResult:
+        self._require_presence_read(ctx, None)
+        ids = _json_body(call).get("ids")
+        if not isinstance(ids, list) or not ids:
+            raise bad_request("The request body must contain a non-empty 'ids' array.")
+        if len(ids) > PRESENCE_MAX_IDS:
+            raise bad_request(
+                f"The number of ids cannot exceed {PRESENCE_MAX_IDS}; the request has {len(ids)}."
+            )
+        values = [
+            self.presence.resource(user_id)
+            for user_id in dict.fromkeys(normalize_ids(ids))
+            if user_id in self.entra.accounts
+        ]
+        return GraphResult(
+            200,
+            {
+                "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#Collection(presence)",
+                "value": values,
+            },
+        )
+
+    # presence writes
+
+    def _require_presence_write(self, ctx: AccessContext) -> None:
+        _require(ctx, {"Presence.ReadWrite.All"}, {"Presence.ReadWrite"})
+
+    async def _set_presence(self, call: GraphCall, ctx: AccessContext, match: re.Match[str]) -> GraphResult:
+        account = self._account(ctx, match)
+        self._require_presence_write(ctx)
+        body = _json_body(call)
+        session_id = body.get("sessionId")
+        if not isinstance(session_id, str) or not session_id:
+            raise bad_request("sessionId is required.")
+        if session_id.lower() != ctx.app_id.lower():
+            raise bad_request("The sessionId must be the id of the calling application.")
+        pair = (body.get("availability"), body.get("activity"))
+        if pair not in SET_PRESENCE_COMBINATIONS:
+            raise bad_request(f"The availability/activity combination {pair[0]}/{pair[1]} is not supported.")
+        duration = _session_duration(body.get("expirationDuration"), SESSION_DEFAULT)
+        self.presence.set_session(
+            account.id,
+            ctx.app_id,
+            kind="application",
+            availability=str(pair[0]),
+            activity=str(pair[1]),
+            duration=duration,
+            cause=f"setPresence by {ctx.app_id}",
+        )
+        return GraphResult(200)
+
+    async def _clear_presence(self, call: GraphCall, ctx: AccessContext, match: re.Match[str]) -> GraphResult:
+        account = self._account(ctx, match)
+        self._require_presence_write(ctx)
+        session_id = _json_body(call).get("sessionId")
+        if not isinstance(session_id, str) or not session_id:
+            raise bad_request("sessionId is required.")
+        if not self.presence.clear_session(account.id, session_id, f"clearPresence by {ctx.app_id}"):
+            raise GraphError(404, "NotFound", f"Presence session '{session_id}' was not found.")
+        return GraphResult(200)
+
+    async def _set_preferred(self, call: GraphCall, ctx: AccessContext, match: re.Match[str]) -> GraphResult:
+        account = self._account(ctx, match)
+        self._require_presence_write(ctx)
+        body = _json_body(call)
+        pair = (body.get("availability"), body.get("activity"))
+        if pair not in PREFERRED_COMBINATIONS:
+            raise bad_request(f"The availability/activity combination {pair[0]}/{pair[1]} is not supported.")
+        default = 86400.0 if pair[0] in ("DoNotDisturb", "Busy") else 7 * 86400.0
+        raw = body.get("expirationDuration")
+        duration = default if raw is None else parse_duration(str(raw))
+        if duration <= 0:
+            raise bad_request("expirationDuration must be positive.")
+        self.presence.set_preferred(account.id, str(pair[0]), str(pair[1]), duration)
+        return GraphResult(200)
+
+    async def _clear_preferred(
+        self, call: GraphCall, ctx: AccessContext, match: re.Match[str]
+    ) -> GraphResult:
+        account = self._account(ctx, match)
+        self._require_presence_write(ctx)
+        self.presence.clear_preferred(account.id)
+        return GraphResult(200)
+
+    async def _set_status_message(
+        self, call: GraphCall, ctx: AccessContext, match: re.Match[str]
+    ) -> GraphResult:
+        account = self._account(ctx, match)
+        self._require_presence_write(ctx)
+        status = _json_body(call).get("statusMessage")
+        if not isinstance(status, dict) or not isinstance(status.get("message"), dict):
+            raise bad_request("statusMessage.message is required.")
+        content = status["message"].get("content")
+        if not isinstance(content, str):
+            raise bad_request("statusMessage.message.content must be a string.")
+        message: dict[str, Any] = {
+            "message": {"content": content, "contentType": status["message"].get("contentType", "text")},
+            "expiryDateTime": status.get("expiryDateTime"),
+            "publishedDateTime": format_datetime(self.clock.now()),
+        }
+        self.presence.set_status_message(
+            account.id, message if content else None, f"setStatusMessage by {ctx.app_id}"
+        )
+        return GraphResult(200)
+
+    # subscriptions
+
+    def _require_subscription_auth(self, ctx: AccessContext, operation: str) -> str:
+        """§1.2: presence subscriptions are delegated-only, with Presence.Read.All, still consented."""
+        if ctx.app_only or ctx.user_id is None:
+            raise GraphError(
+                403,
+                "ExtensionError",
+                f"Operation: {operation}; Exception: [Status Code: Forbidden; Reason: The request is not "
+                "authorized for this user or application. Application permissions are not supported for "
+                "presence subscriptions.]",
+            )
+        if "Presence.Read.All" not in ctx.scopes:
+            raise _forbidden(ctx, set(), {"Presence.Read.All"})
+        account = self.entra.accounts.get(ctx.user_id)
+        if (
+            account is None
+            or not self.entra.has_consent(ctx.app_id, ctx.user_id)
+            or ctx.issued_at < account.tokens_valid_from
+        ):
+            raise GraphError(
+                403,
+                "ExtensionError",
+                f"Operation: {operation}; Exception: [Status Code: Forbidden; Reason: The request is not "
+                "authorized for this user or application.]",
+            )
+        return ctx.user_id
+
+    async def _create_subscription(
+        self, call: GraphCall, ctx: AccessContext, _m: re.Match[str]
+    ) -> GraphResult:
+        creator = self._require_subscription_auth(ctx, "Create")
+        body = _json_body(call)
+        now = self.clock.now()
+        change_type = body.get("changeType")
+        if not isinstance(change_type, str) or not change_type:
+            raise bad_request(
+                "changeType is a required property for subscription creation.", "InvalidRequest"
+            )
+        notification_url = https_url(body.get("notificationUrl"), "notificationUrl")
+        user_ids = parse_presence_resource(body.get("resource"))
+        types = [t.strip() for t in change_type.split(",")]
+        if types != ["updated"]:
+            raise bad_request(
+                f"The changeType '{change_type}' is not supported for presence; only 'updated' is.",
+                "InvalidRequest",
+            )
+        lifecycle_url = body.get("lifecycleNotificationUrl")
+        if lifecycle_url is not None:
+            lifecycle_url = https_url(lifecycle_url, "lifecycleNotificationUrl")
+        expires_at = expiration(body.get("expirationDateTime"), now)
+        client_state = body.get("clientState")
+        if client_state is not None and (
+            not isinstance(client_state, str) or len(client_state) > CLIENT_STATE_MAX
+        ):
+            raise bad_request(
+                f"clientState must be a string of at most {CLIENT_STATE_MAX} characters.", "InvalidRequest"
+            )
+        include = body.get("includeResourceData", False)
+        if not isinstance(include, bool):
+            raise bad_request("includeResourceData must be a boolean.", "InvalidRequest")
+        certificate = None
+        certificate_text = body.get("encryptionCertificate")
+        certificate_id = body.get("encryptionCertificateId")
+        if include or certificate_text is not None:
+            certificate = parse_certificate(certificate_text)
+            if (
+                not isinstance(certificate_id, str)
+                or not certificate_id
+                or len(certificate_id) > CERTIFICATE_ID_MAX
+            ):
+                raise bad_request(
+                    "encryptionCertificateId is required when includeResourceData is true "
+                    f"(at most {CERTIFICATE_ID_MAX} characters)."
+                )
+        tls = body.get("latestSupportedTlsVersion", "v1_2")
+        if tls not in ("v1_0", "v1_1", "v1_2", "v1_3"):
+            raise bad_request(f"Invalid latestSupportedTlsVersion '{tls}'.", "InvalidRequest")
+        url_app_id = body.get("notificationUrlAppId")
+        if url_app_id is not None and not isinstance(url_app_id, str):
+            raise bad_request("notificationUrlAppId must be a string.", "InvalidRequest")
+        self._check_conflict(ctx.app_id, creator)
+        await self._validate_endpoint(notification_url)
+        if lifecycle_url is not None:
+            await self._validate_endpoint(lifecycle_url)
+        self._check_conflict(ctx.app_id, creator)
+        item = Subscription(
+            id=str(uuid.uuid4()),
+            app_id=ctx.app_id,
+            tenant_id=self.entra.tenant_id,
+            creator_id=creator,
+            resource=str(body["resource"]),
+            user_ids=user_ids,
+            change_type="updated",
+            notification_url=notification_url,
+            lifecycle_url=lifecycle_url,
+            expires_at=expires_at,
+            client_state=client_state,
+            include_resource_data=include,
+            encryption_certificate=certificate_text if certificate is not None else None,
+            encryption_certificate_id=certificate_id if certificate is not None else None,
+            certificate=certificate,
+            latest_tls=str(tls),
+            notification_url_app_id=url_app_id,
+            authorized_until=ctx.expires_at,
+        )
+        self.subscriptions.add(item)
+        self._wake_ticker()
+        return GraphResult(201, item.graph_json(with_client_state=True))
+
+    def _check_conflict(self, app_id: str, creator: str) -> None:
+        existing = self.subscriptions.conflict(app_id, creator)
+        if existing is not None:
+            raise GraphError(
+                409,
+                "ExtensionError",
+                f"Subscription Id {existing.id} already exists for the requested combination",
+            )
+
+    def _owned(self, ctx: AccessContext, match: re.Match[str]) -> Subscription:
+        item = self.subscriptions.get(match.group("sid"))
+        now = self.clock.now()
+        visible = (
+            item is not None
+            and item.active(now)
+            and item.app_id == ctx.app_id
+            and (ctx.app_only or item.creator_id == ctx.user_id)
+        )
+        if item is None or not visible:
+            raise GraphError(404, "ResourceNotFound", "The object was not found.")
+        return item
+
+    async def _list_subscriptions(
+        self, call: GraphCall, ctx: AccessContext, _m: re.Match[str]
+    ) -> GraphResult:
+        now = self.clock.now()
+        items = [
+            s
+            for s in self.subscriptions.all()
+            if s.active(now) and s.app_id == ctx.app_id and (ctx.app_only or s.creator_id == ctx.user_id)
+        ]
+        return GraphResult(
+            200,
+            {
+                "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#subscriptions",
+                "value": [_without_context(s.graph_json(with_client_state=False)) for s in items],
+            },
+        )
+
+    async def _get_subscription(
+        self, call: GraphCall, ctx: AccessContext, match: re.Match[str]
+    ) -> GraphResult:
+        return GraphResult(200, self._owned(ctx, match).graph_json(with_client_state=False))
+
+    async def _patch_subscription(
+        self, call: GraphCall, ctx: AccessContext, match: re.Match[str]
+    ) -> GraphResult:
+        item = self._owned(ctx, match)
+        self._require_subscription_auth(ctx, "Update")
+        body = _json_body(call)
+        now = self.clock.now()
+        allowed = {
+            "expirationDateTime",
+            "notificationUrl",
+            "encryptionCertificate",
+            "encryptionCertificateId",
+        }
+        if "lifecycleNotificationUrl" in body:
+            raise bad_request(
+                "lifecycleNotificationUrl cannot be added or changed on an existing subscription; delete and "
+                "recreate it.",
+                "InvalidRequest",
+            )
+        unknown = set(body) - allowed
+        if unknown:
+            raise bad_request(f"Properties {', '.join(sorted(unknown))} cannot be updated.", "InvalidRequest")
+        if not {"expirationDateTime", "notificationUrl"} & set(body):
+            raise bad_request(
+                "The update must contain expirationDateTime or notificationUrl.", "InvalidRequest"
+            )
+        self._check_gap(item.last_reauthorize_at, now, "update")
+        expires_at = (
+            expiration(body["expirationDateTime"], now) if "expirationDateTime" in body else item.expires_at
+        )
+        notification_url = item.notification_url
+        if "notificationUrl" in body:
+            notification_url = https_url(body["notificationUrl"], "notificationUrl")
+            await self._validate_endpoint(notification_url)
+        if "encryptionCertificate" in body or "encryptionCertificateId" in body:
+            certificate = parse_certificate(body.get("encryptionCertificate"))
+            certificate_id = body.get("encryptionCertificateId")
+            if (
+                not isinstance(certificate_id, str)
+                or not certificate_id
+                or len(certificate_id) > CERTIFICATE_ID_MAX
+            ):
+                raise bad_request("encryptionCertificateId is required with encryptionCertificate.")
+            item.certificate = certificate
+            item.encryption_certificate = str(body["encryptionCertificate"])
+            item.encryption_certificate_id = certificate_id
+        item.expires_at = expires_at
+        item.notification_url = notification_url
+        # §1.6: renewing also reauthorizes.
+        item.authorized_until = ctx.expires_at
+        item.revoked = False
+        item.last_patch_at = now
+        self._wake_ticker()
+        return GraphResult(200, item.graph_json(with_client_state=False))
+
+    async def _reauthorize_subscription(
+        self, call: GraphCall, ctx: AccessContext, match: re.Match[str]
+    ) -> GraphResult:
+        item = self._owned(ctx, match)
+        self._require_subscription_auth(ctx, "Reauthorize")
+        now = self.clock.now()
+        self._check_gap(item.last_patch_at, now, "reauthorize")
+        item.authorized_until = ctx.expires_at
+        item.revoked = False
+        item.last_reauthorize_at = now
+        self._wake_ticker()
+        return GraphResult(204)
+
+    @staticmethod
+    def _check_gap(other: float | None, now: float, operation: str) -> None:
+        # §1.6: reauthorize and PATCH of one subscription must be 10 minutes apart.
+        if other is not None and now - other < REAUTHORIZE_PATCH_GAP:
+            wait = math.ceil(REAUTHORIZE_PATCH_GAP - (now - other))
+            counterpart = "updated" if operation == "reauthorize" else "reauthorized"
+            raise GraphError(
+                409,
+                "ExtensionError",
+                f"Subscription cannot be {operation}d within 10 minutes of being {counterpart}; "
+                f"retry in {wait} seconds, or send a single PATCH with a new expirationDateTime.",
+                {"Retry-After": str(wait)},
+            )
+
+    async def _delete_subscription(
+        self, call: GraphCall, ctx: AccessContext, match: re.Match[str]
+    ) -> GraphResult:
+        item = self._owned(ctx, match)
+        item.deleted = True
+        return GraphResult(204)
+
+    async def batch(self, headers: Mapping[str, str], body: bytes) -> GraphResult:
+        """``POST /v1.0/$batch``: at most 20 requests; each item is authorized and throttled alone."""
+        now = self.clock.utcnow()
+        client_request_id = headers.get("client-request-id")
+        try:
+            payload = _json_body(GraphCall("POST", "$batch", {}, headers, body))
+            requests_ = payload.get("requests")
+            if not isinstance(requests_, list) or not requests_:
+                raise bad_request("The batch request must contain a non-empty 'requests' array.")
+            if len(requests_) > BATCH_MAX:
+                raise bad_request(f"Number of batch request steps exceeds the maximum of {BATCH_MAX}.")
+            ids = [r.get("id") if isinstance(r, dict) else None for r in requests_]
+            if any(not isinstance(i, str) or not i for i in ids) or len(set(ids)) != len(ids):
+                raise bad_request("Every batch request step needs a unique, non-empty id.")
+        except GraphError as exc:
+            return GraphResult(exc.status, exc.body(now, client_request_id))
+        responses = []
+        for step in requests_:
+            responses.append(await self._batch_step(step, headers))
+        return GraphResult(200, {"responses": responses})
+
+    async def _batch_step(self, step: dict[str, Any], headers: Mapping[str, str]) -> dict[str, Any]:
+        method = str(step.get("method", "GET")).upper()
+        url = str(step.get("url", ""))
+        split = urllib.parse.urlsplit(url)
+        path = urllib.parse.unquote(split.path).lstrip("/")
+        if path.lower().startswith("v1.0/"):
+            path = path[5:]
+        step_headers = {k.lower(): str(v) for k, v in (step.get("headers") or {}).items()}
+        merged = {**step_headers, "authorization": headers.get("authorization", "")}
+        if "client-request-id" in headers:
+            merged.setdefault("client-request-id", headers["client-request-id"])
+        raw_body = step.get("body")
+        data = b"" if raw_body is None else json.dumps(raw_body).encode()
+        if path.lower() == "$batch":
+            result = GraphResult(
+                400,
+                GraphError(400, "BadRequest", "Nested batch requests are not supported.").body(
+                    self.clock.utcnow(), None
+                ),
+            )
+        else:
+            query = dict(urllib.parse.parse_qsl(split.query, keep_blank_values=True))
+            result = await self.dispatch(GraphCall(method, path, query, merged, data))
+        response: dict[str, Any] = {
+            "id": step["id"],
+            "status": result.status,
+            "headers": dict(result.headers),
+        }
+        if result.body is not None:
+            response["headers"].setdefault("Content-Type", "application/json")
+            response["body"] = result.body
+        return response
+
+    # ---- HTTP app ----------------------------------------------------------------------------
+
+    def _wake_ticker(self) -> None:
+        # The ticker sleeps until the next deadline it knew of; a new subscription may come earlier.
+        self.clock.advance(0)
+
+    def _build_app(self) -> Starlette:
+        sandbox = self
+
+        @contextlib.asynccontextmanager
+        async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+            ca_file = sandbox.options.delivery_ca_file or str(sandbox.ca_file)
+            connector = aiohttp.TCPConnector(ssl=client_context(ca_file), limit=100)
+            sandbox.notifier.http = aiohttp.ClientSession(connector=connector)
+            sandbox._ticker = asyncio.ensure_future(sandbox._run_ticker())
+            try:
+                yield
+            finally:
+                sandbox._ticker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sandbox._ticker
+                await sandbox.notifier.close()
+                await sandbox.notifier.http.close()
+                sandbox.notifier.http = None
+
+        async def graph_endpoint(request: Request) -> Response:
+            path = request.path_params["path"]
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            body = await read_bounded_body(request, JSON_BODY_LIMIT)
+            if path.lower() == "$batch" and request.method == "POST":
+                fault = sandbox.faults.take("POST", "/v1.0/$batch")
+                if fault is not None and fault.stall_seconds:
+                    await asyncio.sleep(fault.stall_seconds)
+                if fault is not None and fault.status is not None:
+                    error = GraphError(fault.status, _status_code_name(fault.status), "Injected failure.")
+                    result = GraphResult(fault.status, error.body(sandbox.clock.utcnow(), None))
+                else:
+                    result = await sandbox.batch(headers, body)
+            else:
+                call = GraphCall(request.method, path, dict(request.query_params), headers, body)
+                result = await sandbox.dispatch(call)
+            return _graph_response(result, headers.get("client-request-id"))
+
+        routes = [
+            *entra_routes(self.entra, lambda: sandbox.base_url),
+            Route("/v1.0/{path:path}", graph_endpoint, methods=["GET", "POST", "PATCH", "DELETE", "PUT"]),
+            *control_routes(self),
+        ]
+
+        async def too_large(_request: Request, _exc: Exception) -> Response:
+            return JSONResponse(
+                {"error": {"code": "RequestEntityTooLarge", "message": "The request body is too large."}},
+                status_code=413,
+            )
+
+        return Starlette(routes=routes, lifespan=lifespan, exception_handlers={BodyTooLarge: too_large})
+
+    def asgi(self) -> ASGIApp:
+        """The app wrapped with body limits and failure injection for the Entra endpoints."""
+        return _EdgeMiddleware(self.app, self)
+
+    def serve_in_thread(self, host: str = "127.0.0.1", port: int = 0) -> ServerThread:
+        """Start serving over TLS (certificate from the sandbox CA) on a background thread."""
+        issued = self.ca.issue(sorted({host, "127.0.0.1", "localhost"}))
+        cert_file, key_file = issued.write(self.state_dir, "server")
+        server = ServerThread(self.asgi(), host=host, port=port, cert_file=cert_file, key_file=key_file)
+        self.base_url = server.base_url
+        server.start()
+        return server
+
+
+async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
+    """The whole body, but never more than RESPONSE_READ_LIMIT bytes of it: receivers are untrusted."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < RESPONSE_READ_LIMIT:
+        chunk = await response.content.read(RESPONSE_READ_LIMIT - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _status_code_name(status: int) -> str:
+    return {
+        400: "BadRequest",
+        401: "InvalidAuthenticationToken",
+        403: "Forbidden",
+        404: "NotFound",
+        409: "Conflict",
+        429: "TooManyRequests",
+        500: "InternalServerError",
+        502: "BadGateway",
+        503: "ServiceUnavailable",
+        504: "GatewayTimeout",
+    }.get(status, "UnknownError")
+
+
+def _graph_response(result: GraphResult, client_request_id: str | None) -> Response:
+    headers = dict(result.headers)
+    headers["request-id"] = str(uuid.uuid4())
+    if client_request_id:
+        headers["client-request-id"] = client_request_id
+    if result.body is None:
+        return Response(status_code=result.status, headers=headers)
+    return JSONResponse(result.body, status_code=result.status, headers=headers)
+
+
+def _without_context(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k != "@odata.context"}
+
+
+def _select(item: dict[str, Any], fields: list[str]) -> dict[str, Any]:
+    if not fields:
+        return item
+    lowered = {f.lower() for f in fields} | {"id"}
+    return {k: v for k, v in item.items() if k.lower() in lowered}
+
+
+_FILTER_TERM = re.compile(
+    r"^\s*(mail|userPrincipalName|id|displayName)\s+eq\s+'((?:[^']|'')*)'\s*$", re.IGNORECASE
+)
+
+
+def _user_filter(expression: str) -> Callable[[Account], bool]:
+    """``$filter`` on users: ``prop eq 'value'`` terms joined by ``or`` (what the bridge needs)."""
+    terms: list[tuple[str, str]] = []
+    for part in re.split(r"\s+or\s+", expression, flags=re.IGNORECASE):
+        match = _FILTER_TERM.match(part)
+        if match is None:
+            raise GraphError(
+                400, "Request_UnsupportedQuery", "Unsupported or invalid query filter clause specified."
+            )
+        terms.append((match.group(1).lower(), match.group(2).replace("''", "'").lower()))
+
+    def accept(account: Account) -> bool:
+        values = {
+            "mail": (account.mail or "").lower(),
+            "userprincipalname": account.user_principal_name.lower(),
+            "id": account.id.lower(),
+            "displayname": account.display_name.lower(),
+        }
+        return any(values[name] == value for name, value in terms)
+
+    return accept
+
+
+def _session_duration(raw: Any, default: float) -> float:
+    if raw is None:
+        return default
+    duration = parse_duration(str(raw))
+    if not SESSION_MIN <= duration <= SESSION_MAX:
+        raise bad_request("expirationDuration must be between PT5M and PT4H.")
+    return duration
+
+
+# ---- edge middleware: injected faults for the Entra routes --------------------
+
+
+class _EdgeMiddleware:
+    def __init__(self, app: ASGIApp, sandbox: GraphSandbox) -> None:
+        self.app = app
+        self.sandbox = sandbox
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if not path.startswith(("/v1.0/", "/_sandbox/")):
+            fault = self.sandbox.faults.take(scope["method"], path)
+            if fault is not None:
+                if fault.stall_seconds:
+                    await asyncio.sleep(fault.stall_seconds)
+                if fault.status is not None:
+                    error = OAuthError(fault.status, "temporarily_unavailable", 90033, "Injected failure.")
+                    response = JSONResponse(
+                        error.body(self.sandbox.clock.utcnow(), str(uuid.uuid4()), self.sandbox.base_url),
+                        status_code=fault.status,
+                        headers={"Retry-After": str(fault.retry_after)}
+                        if fault.retry_after is not None
+                        else None,
+                    )
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+# ---- control API -----------------------------------------------------------------------------
+
+
+class ControlError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def control_routes(sandbox: GraphSandbox) -> list[Route]:
+    """``/_sandbox/...``: drive the sandbox from tests and demos (bearer = the control token)."""
+
+    def guarded(
+        handler: Callable[[Request, dict[str, Any]], Awaitable[Any]],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            expected = sandbox.options.control_token.encode()
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+                return JSONResponse({"error": "a valid control token is required"}, status_code=401)
+            raw = await read_bounded_body(request, JSON_BODY_LIMIT)
+            try:
+                body = json.loads(raw) if raw.strip() else {}
+                if not isinstance(body, dict):
+                    raise ControlError(400, "the body must be a JSON object")
+                result = await handler(request, body)
+            except json.JSONDecodeError:
+                return JSONResponse({"error": "the body is not valid JSON"}, status_code=400)
+            except ControlError as exc:
+                return JSONResponse({"error": str(exc)}, status_code=exc.status)
+            except (ValueError, TypeError) as exc:
+                return JSONResponse({"error": str(exc)}, status_code=400)
+            except GraphError as exc:
+                return JSONResponse({"error": exc.message}, status_code=exc.status)
+            if result is None:
+                return Response(status_code=204)
+            return JSONResponse(result)
+
+        return endpoint
+
+    def account(request: Request) -> Account:
+        found = sandbox.entra.find_account(request.path_params["user"])
+        if found is None:
+            raise ControlError(404, "no such user")
+        return found
+
+    def user_json(item: Account) -> dict[str, Any]:
+        result = item.graph_json()
+        result["mfaRequired"] = item.mfa_required
+        result["canSignIn"] = item.password is not None
+        return result
+
+    async def status(request: Request, body: dict[str, Any]) -> Any:
+        return {
+            "baseUrl": sandbox.base_url,
+            "tenantId": sandbox.entra.tenant_id,
+            "domain": sandbox.entra.domain,
+            "clientId": sandbox.options.client_id,
+            "now": format_datetime(sandbox.clock.now()),
+            "users": len(sandbox.entra.accounts),
+            "subscriptions": len(sandbox.subscriptions.active()),
+            "deliveriesInFlight": sandbox.notifier.in_flight,
+        }
+
+    async def list_users(request: Request, body: dict[str, Any]) -> Any:
+        return {"value": [user_json(a) for a in sandbox.entra.accounts.values()]}
+
+    async def create_user(request: Request, body: dict[str, Any]) -> Any:
+        display_name = body.get("displayName")
+        if not isinstance(display_name, str) or not display_name:
+            raise ControlError(400, "displayName is required")
+        created = sandbox.add_user(
+            display_name,
+            mail=body.get("mail"),
+            user_principal_name=body.get("userPrincipalName"),
+            user_id=body.get("id"),
+            password=body.get("password"),
+            mfa_required=bool(body.get("mfaRequired", False)),
+        )
+        return user_json(created)
+
+    async def update_user(request: Request, body: dict[str, Any]) -> Any:
+        item = account(request)
+        if "mfaRequired" in body:
+            item.mfa_required = bool(body["mfaRequired"])
+        if "password" in body:
+            item.password = body["password"]
+            # A password change invalidates refresh tokens, as in Entra.
+            sandbox.entra.revoke_sessions(item.id)
+        if "outOfOffice" in body:
+            sandbox.presence.set_out_of_office(
+                item.id, bool(body["outOfOffice"]), body.get("outOfOfficeMessage")
+            )
+        return user_json(item)
+
+    async def put_session(request: Request, body: dict[str, Any]) -> Any:
+        item = account(request)
+        availability, activity = body.get("availability"), body.get("activity")
+        if availability not in AVAILABILITIES or activity not in ACTIVITIES:
+            raise ControlError(400, "availability/activity must be Graph values (e.g. Busy/InAMeeting)")
+        seconds = body.get("expiresInSeconds")
+        sandbox.presence.set_session(
+            item.id,
+            request.path_params["session"],
+            kind="teams",
+            availability=availability,
+            activity=activity,
+            duration=None if seconds is None else float(seconds),
+            cause=f"Teams client {request.path_params['session']}",
+        )
+        return {
+            "sessions": sandbox.presence.sessions(item.id),
+            "presence": sandbox.presence.resource(item.id),
+        }
+
+    async def delete_session(request: Request, body: dict[str, Any]) -> Any:
+        item = account(request)
+        session = request.path_params["session"]
+        if not sandbox.presence.clear_session(item.id, session, f"Teams client {session} closed"):
+            raise ControlError(404, "no such session")
+        return {
+            "sessions": sandbox.presence.sessions(item.id),
+            "presence": sandbox.presence.resource(item.id),
+        }
+
+    async def get_sessions(request: Request, body: dict[str, Any]) -> Any:
+        item = account(request)
+        return {
+            "sessions": sandbox.presence.sessions(item.id),
+            "presence": sandbox.presence.resource(item.id),
+        }
+
+    async def history(request: Request, body: dict[str, Any]) -> Any:
+        item = account(request)
+        sandbox.presence.refresh(item.id)
+        return {"userId": item.id, "value": sandbox.presence.history(item.id)}
+
+    async def revoke_sessions(request: Request, body: dict[str, Any]) -> Any:
+        item = account(request)
+        sandbox.entra.revoke_sessions(item.id)
+        return None
+
+    async def list_apps(request: Request, body: dict[str, Any]) -> Any:
+        return {"value": [a.public() for a in sandbox.entra.apps.values()]}
+
+    async def create_app(request: Request, body: dict[str, Any]) -> Any:
+        app = AppRegistration(
+            client_id=str(body.get("clientId") or uuid.uuid4()),
+            display_name=str(body.get("displayName") or "sandbox app"),
+            client_secret=body.get("clientSecret"),
+            application_permissions=set(body.get("applicationPermissions", [])),
+            delegated_permissions=set(body.get("delegatedPermissions", [])),
+            public_client=bool(body.get("publicClient", True)),
+        )
+        sandbox.entra.add_app(app)
+        return app.public()
+
+    async def update_app(request: Request, body: dict[str, Any]) -> Any:
+        app = sandbox.entra.apps.get(request.path_params["client_id"])
+        if app is None:
+            raise ControlError(404, "no such app")
+        if "applicationPermissions" in body:
+            app.application_permissions = set(body["applicationPermissions"])
+        if "delegatedPermissions" in body:
+            app.delegated_permissions = set(body["delegatedPermissions"])
+        if "publicClient" in body:
+            app.public_client = bool(body["publicClient"])
+        return app.public()
+
+    def consent_target(body: dict[str, Any]) -> tuple[str, str | None]:
+        client_id = body.get("clientId") or sandbox.options.client_id
+        if client_id not in sandbox.entra.apps:
+            raise ControlError(404, "no such app")
+        user = body.get("user")
+        if user is None:
+            return client_id, None
+        found = sandbox.entra.find_account(str(user))
+        if found is None:
+            raise ControlError(404, "no such user")
+        return client_id, found.id
+
+    async def revoke_consent(request: Request, body: dict[str, Any]) -> Any:
+        client_id, user_id = consent_target(body)
+        sandbox.entra.revoke_consent(client_id, user_id)
+        return None
+
+    async def grant_consent(request: Request, body: dict[str, Any]) -> Any:
+        client_id, user_id = consent_target(body)
+        sandbox.entra.grant_consent(client_id, user_id)
+        return None
+
+    async def approve_device(request: Request, body: dict[str, Any]) -> Any:
+        found = sandbox.entra.find_account(str(body.get("user", "")))
+        if found is None:
+            raise ControlError(404, "no such user")
+        try:
+            sandbox.entra.approve_device_code(request.path_params["code"], found.id)
+        except KeyError:
+            raise ControlError(404, "no pending device code with that user code") from None
+        return None
+
+    async def decline_device(request: Request, body: dict[str, Any]) -> Any:
+        try:
+            sandbox.entra.decline_device_code(request.path_params["code"])
+        except KeyError:
+            raise ControlError(404, "no pending device code with that user code") from None
+        return None
+
+    async def rotate_keys(request: Request, body: dict[str, Any]) -> Any:
+        return {"kid": sandbox.entra.rotate_signing_key().kid}
+
+    async def list_subscriptions(request: Request, body: dict[str, Any]) -> Any:
+        now = sandbox.clock.now()
+        return {"value": [s.control_json(now) for s in sandbox.subscriptions.all()]}
+
+    def subscription(request: Request) -> Subscription:
+        found = sandbox.subscriptions.get(request.path_params["sid"])
+        if found is None:
+            raise ControlError(404, "no such subscription")
+        return found
+
+    async def expire_subscription(request: Request, body: dict[str, Any]) -> Any:
+        found = subscription(request)
+        found.expires_at = min(found.expires_at, sandbox.clock.now())
+        return found.control_json(sandbox.clock.now())
+
+    async def delete_subscription(request: Request, body: dict[str, Any]) -> Any:
+        subscription(request).deleted = True
+        return None
+
+    async def lifecycle_now(request: Request, body: dict[str, Any]) -> Any:
+        found = subscription(request)
+        if found.lifecycle_url is None:
+            raise ControlError(409, "the subscription has no lifecycleNotificationUrl")
+        sandbox._send_lifecycle(found, "reauthorizationRequired")
+        return None
+
+    async def list_faults(request: Request, body: dict[str, Any]) -> Any:
+        return {"value": [f.public() for f in sandbox.faults.items]}
+
+    async def add_fault(request: Request, body: dict[str, Any]) -> Any:
+        path = body.get("path")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ControlError(400, "path must be an absolute request path or fnmatch pattern")
+        status_value = body.get("status")
+        stall = float(body.get("stallSeconds", 0))
+        if status_value is None and stall <= 0:
+            raise ControlError(400, "give a status, stallSeconds, or both")
+        fault = Fault(
+            id=str(uuid.uuid4()),
+            method=str(body.get("method", "*")).upper(),
+            path=path,
+            remaining=int(body.get("count", 1)),
+            status=None if status_value is None else int(status_value),
+            stall_seconds=stall,
+            retry_after=None if body.get("retryAfter") is None else int(body["retryAfter"]),
+        )
+        sandbox.faults.items.append(fault)
+        return fault.public()
+
+    async def clear_faults(request: Request, body: dict[str, Any]) -> Any:
+        sandbox.faults.items.clear()
+        return None
+
+    def clock_json() -> dict[str, Any]:
+        return {
+            "now": format_datetime(sandbox.clock.now()),
+            "epoch": sandbox.clock.now(),
+            "offsetSeconds": sandbox.clock.offset,
+            "speed": sandbox.clock.speed,
+        }
+
+    async def get_clock(request: Request, body: dict[str, Any]) -> Any:
+        return clock_json()
+
+    async def advance_clock(request: Request, body: dict[str, Any]) -> Any:
+        seconds = float(body.get("seconds", 0))
+        if seconds < 0:
+            raise ControlError(400, "the clock only moves forward")
+        sandbox.advance(seconds)
+        return clock_json()
+
+    async def set_clock(request: Request, body: dict[str, Any]) -> Any:
+        if "speed" in body:
+            sandbox.clock.set_speed(float(body["speed"]))
+        return clock_json()
+
+    async def settings(request: Request, body: dict[str, Any]) -> Any:
+        options = sandbox.options
+        if "throttleLimit" in body or "throttleWindowSeconds" in body:
+            options.throttle_limit = int(body.get("throttleLimit", options.throttle_limit))
+            options.throttle_window_seconds = float(
+                body.get("throttleWindowSeconds", options.throttle_window_seconds)
+            )
+            sandbox.limiter.configure(options.throttle_limit, options.throttle_window_seconds)
+        if "validationTokenVersion" in body:
+            if body["validationTokenVersion"] not in ("v1", "v2"):
+                raise ControlError(400, "validationTokenVersion is v1 or v2")
+            options.validation_token_version = body["validationTokenVersion"]
+        for key, attr in (
+            ("coalesceSeconds", "coalesce_seconds"),
+            ("deliveryTimeoutSeconds", "delivery_timeout"),
+            ("retryTimeoutSeconds", "retry_timeout"),
+            ("handshakeTimeoutSeconds", "handshake_timeout"),
+            ("backoffBaseSeconds", "backoff_base_seconds"),
+            ("reauthorizationLeadSeconds", "reauthorization_lead_seconds"),
+        ):
+            if key in body:
+                setattr(options, attr, float(body[key]))
+        if "maxAttempts" in body:
+            options.max_attempts = int(body["maxAttempts"])
+        return {
+            "throttleLimit": options.throttle_limit,
+            "throttleWindowSeconds": options.throttle_window_seconds,
+            "validationTokenVersion": options.validation_token_version,
+            "coalesceSeconds": options.coalesce_seconds,
+            "deliveryTimeoutSeconds": options.delivery_timeout,
+            "retryTimeoutSeconds": options.retry_timeout,
+            "handshakeTimeoutSeconds": options.handshake_timeout,
+            "backoffBaseSeconds": options.backoff_base_seconds,
+            "maxAttempts": options.max_attempts,
+            "reauthorizationLeadSeconds": options.reauthorization_lead_seconds,
+        }
+
+    async def deliveries(request: Request, body: dict[str, Any]) -> Any:
+        since = int(request.query_params.get("since", "0"))
+        return {
+            "inFlight": sandbox.notifier.in_flight,
+            "value": [e for e in sandbox.notifier.log if e["id"] > since],
+        }
+
+    def r(path: str, handler: Callable[[Request, dict[str, Any]], Awaitable[Any]], method: str) -> Route:
+        return Route(f"/_sandbox{path}", guarded(handler), methods=[method])
+
+    return [
+        r("/status", status, "GET"),
+        r("/users", list_users, "GET"),
+        r("/users", create_user, "POST"),
+        r("/users/{user}", update_user, "PATCH"),
+        r("/users/{user}/sessions", get_sessions, "GET"),
+        r("/users/{user}/sessions/{session}", put_session, "PUT"),
+        r("/users/{user}/sessions/{session}", delete_session, "DELETE"),
+        r("/users/{user}/presence-history", history, "GET"),
+        r("/users/{user}/revoke-sessions", revoke_sessions, "POST"),
+        r("/apps", list_apps, "GET"),
+        r("/apps", create_app, "POST"),
+        r("/apps/{client_id}", update_app, "PATCH"),
+        r("/consent/revoke", revoke_consent, "POST"),
+        r("/consent/grant", grant_consent, "POST"),
+        r("/device-codes/{code}/approve", approve_device, "POST"),
+        r("/device-codes/{code}/decline", decline_device, "POST"),
+        r("/signing-keys/rotate", rotate_keys, "POST"),
+        r("/subscriptions", list_subscriptions, "GET"),
+        r("/subscriptions/{sid}/expire", expire_subscription, "POST"),
+        r("/subscriptions/{sid}", delete_subscription, "DELETE"),
+        r("/subscriptions/{sid}/reauthorization-required", lifecycle_now, "POST"),
+        r("/faults", list_faults, "GET"),
+        r("/faults", add_fault, "POST"),
+        r("/faults", clear_faults, "DELETE"),
+        r("/clock", get_clock, "GET"),
+        r("/clock", set_clock, "PUT"),
+        r("/clock/advance", advance_clock, "POST"),
+        r("/settings", settings, "PUT"),
+        r("/deliveries", deliveries, "GET"),
+    ]
+
+
+# ---- serving ---------------------------------------------------------------------------------
+
+
+class ServerThread:
+    """uvicorn over TLS in a background thread with its own event loop.
+
+    Callers such as MSAL block their own thread on HTTP; a server on the caller's loop would
+    deadlock, so sandboxes (and test receivers) always run on a loop of their own.
+    """
+
+    def __init__(self, app: ASGIApp, *, host: str, port: int, cert_file: Path, key_file: Path) -> None:
+        self.app = app
+        self.host = host
+        self.cert_file = cert_file
+        self.key_file = key_file
+        self._socket = _listen(host, port)
+        self.port: int = self._socket.getsockname()[1]
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"https://{_url_host(self.host)}:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> None:
+        config = uvicorn.Config(
+            self.app,
+            ssl_certfile=str(self.cert_file),
+            ssl_keyfile=str(self.key_file),
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=2,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._run, name="sandbox-server", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.01)
+
+    def _run(self) -> None:
+        assert self._server is not None
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._server.serve(sockets=[self._socket]))
+        finally:
+            loop.close()
+
+    def call(self, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
+        """Run ``fn`` on the server's loop (sandbox state belongs to that thread); return its result."""
+        if self._loop is None:
+            raise RuntimeError("not running")
+
+        async def invoke() -> Any:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(invoke(), self._loop).result(timeout)
+
+    @staticmethod
+    def _abort_connections(server: uvicorn.Server) -> None:
+        for connection in list(server.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None:
+                transport.abort()
+
+    def wait(self) -> None:
+        """Block until the server stops; Ctrl-C (KeyboardInterrupt) propagates to the caller."""
+        while self._thread is not None and self._thread.is_alive():
+            self._thread.join(0.5)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        server, loop = self._server, self._loop
+        if server is not None:
+            server.should_exit = True
+            if loop is not None and not loop.is_closed():
+                # Idle keep-alive TLS connections would hold the shutdown until each peer answers
+                # close_notify, which idle HTTP clients never do; a sandbox may just drop them.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(self._abort_connections, server)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._socket.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    # Declare TCP explicitly: asyncio enables TCP_NODELAY only on sockets whose proto says TCP,
+    # and without it every response waits ~40 ms for a delayed ACK between its TLS records.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    return sock
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+# ---- CLI -------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8443, help="TLS port (default 8443; 0 = any free port)")
+    parser.add_argument(
+        "--state-dir",
+        default="./sandbox-state/graph",
+        help="directory for the CA certificate, server certificate and control token",
+    )
+    parser.add_argument("--tenant-id", default=None, help="tenant id (default: a random GUID)")
+    parser.add_argument(
+        "--domain", default="sandbox.onmicrosoft.com", help="tenant domain for generated UPNs"
+    )
+    parser.add_argument(
+        "--client-id", default=None, help="client id of the pre-registered app (default random)"
+    )
+    parser.add_argument("--client-secret", default=None, help="its client secret (default random)")
+    parser.add_argument(
+        "--control-token", default=None, help="bearer token of the control API (default random)"
+    )
+    parser.add_argument("--users", type=int, default=0, help="seed N demo users")
+    parser.add_argument(
+        "--users-file",
+        default=None,
+        help="JSON list of users to seed: {displayName, mail, userPrincipalName, id, password, mfaRequired}",
+    )
+    parser.add_argument(
+        "--service-accounts",
+        type=int,
+        default=1,
+        help="seed N service accounts with passwords (written to the state dir), default 1",
+    )
+    parser.add_argument(
+        "--delivery-ca-file",
+        default=None,
+        help="CA bundle trusted for notification endpoints (default: own CA)",
+    )
+    parser.add_argument(
+        "--coalesce-seconds", type=float, default=1.0, help="window that gathers changes into one POST"
+    )
+
+
+def build_from_args(args: argparse.Namespace) -> GraphSandbox:
+    state_dir = Path(args.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    options = SandboxOptions(domain=args.domain, coalesce_seconds=args.coalesce_seconds)
+    if args.tenant_id:
+        options.tenant_id = args.tenant_id
+    if args.client_id:
+        options.client_id = args.client_id
+    if args.client_secret:
+        options.client_secret = args.client_secret
+    if args.control_token:
+        options.control_token = args.control_token
+    if args.delivery_ca_file:
+        options.delivery_ca_file = args.delivery_ca_file
+    sandbox = GraphSandbox(options, state_dir=state_dir)
+    for number in range(1, args.users + 1):
+        sandbox.add_user(f"Demo User{number:03d}", mail=f"user{number:03d}@{options.domain}")
+    if args.users_file:
+        entries = json.loads(Path(args.users_file).read_text(encoding="utf-8"))
+        if not isinstance(entries, list):
+            raise ValueError("the users file must hold a JSON list")
+        for entry in entries:
+            sandbox.add_user(
+                entry["displayName"],
+                mail=entry.get("mail"),
+                user_principal_name=entry.get("userPrincipalName"),
+                user_id=entry.get("id"),
+                password=entry.get("password"),
+                mfa_required=bool(entry.get("mfaRequired", False)),
+            )
+    accounts = []
+    for number in range(1, args.service_accounts + 1):
+        password = secrets.token_urlsafe(18)
+        created = sandbox.add_user(
+            f"Presence Service{number:02d}",
+            user_principal_name=f"svc-presence{number:02d}@{options.domain}",
+            password=password,
+        )
+        accounts.append(
+            {"userPrincipalName": created.user_principal_name, "password": password, "id": created.id}
+        )
+    _write_secret(state_dir / "control-token", options.control_token)
+    _write_secret(state_dir / "service-accounts.json", json.dumps(accounts, indent=2))
+    return sandbox
+
+
+def _write_secret(path: Path, text: str) -> None:
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(text, encoding="utf-8")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until interrupted; print what a bridge needs to point at the sandbox."""
+    sandbox = build_from_args(args)
+    server = sandbox.serve_in_thread(args.host, args.port)
+    state_dir = Path(args.state_dir)
+    lines = [
+        "Graph sandbox (Entra ID + Microsoft Graph presence) is serving:",
+        f"  base URL            {sandbox.base_url}",
+        f"  authority (MSAL)    {sandbox.base_url}/{sandbox.options.tenant_id}",
+        f"  CA certificate      {sandbox.ca_file}",
+        f"  control token file  {state_dir / 'control-token'}",
+        f"  service accounts    {state_dir / 'service-accounts.json'}",
+        f"  tenant id           {sandbox.options.tenant_id}",
+        f"  client id           {sandbox.options.client_id}",
+        f"  client secret       {sandbox.options.client_secret}",
+        f"  users               {len(sandbox.entra.accounts)}",
+        "Bridge settings: GRAPH_BASE_URL and AUTHORITY_BASE_URL = the base URL, EXTRA_CA_FILE = the CA file.",
+    ]
+    print("\n".join(lines), flush=True)
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0

@@ -1,0 +1,1 @@
+"""Presence subscriptions: tokens, users, shards, the leased scheduler, renewal, lifecycle, resync."""

@@ -16,8 +16,9 @@ from redis.asyncio.client import Pipeline
 from service import keys
 from service.presence import PresenceChange
 
-# Returns 1 applied, 0 duplicate (same version or same content), -1 stale (older than stored).
-_COMPARE_AND_SET = """
+# Orders two version stamps: all-digit stamps as numbers (leading zeros ignored), others as text.
+# Shared with service.userstate, which keeps the user's own Teams state in the same order.
+SEQUENCE_COMPARE_LUA = """
 local function compare(a, b)
   if string.match(a, '^%d+$') and string.match(b, '^%d+$') then
     a = string.gsub(a, '^0+', '')
@@ -27,6 +28,12 @@ local function compare(a, b)
   if a == b then return 0 end
   return a > b and 1 or -1
 end
+"""
+
+# Returns 1 applied, 0 duplicate (same version or same content), -1 stale (older than stored).
+_COMPARE_AND_SET = (
+    SEQUENCE_COMPARE_LUA
+    + """
 local cur = redis.call('HMGET', KEYS[1],
   'sequence', 'received_at', 'availability', 'activity', 'status_message')
 local seq, received = ARGV[1], tonumber(ARGV[2])
@@ -43,6 +50,7 @@ redis.call('HSET', KEYS[1], 'sequence', seq, 'received_at', ARGV[2], 'availabili
   'activity', ARGV[4], 'status_message', ARGV[5], 'source', ARGV[6], 'subscription_id', ARGV[7])
 return 1
 """
+)
 
 
 class Outcome(enum.IntEnum):

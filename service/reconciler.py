@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 
 from service.calls import CallEvent, CallFormatError
 from service.decisions import DecisionLog, DecisionRecord
-from service.desired import BridgeSession, Decision, ObservedUser, decide
+from service.desired import BridgeSession, Decision, ObservedUser, decide, echo_of_bridge
 from service.gateway import (
     CredentialsMissing,
     CredentialsUnreadable,
@@ -119,8 +119,31 @@ class Reconciler:
     # -- triggers ------------------------------------------------------------------------------
 
     async def on_presence(self, changes: list[PresenceChange]) -> None:
-        """Worker listener: users whose observed Teams presence moved forward are due now."""
-        await self.schedule.mark(sorted({c.user_id for c in changes}), self.clock())
+        """Worker listener: keep the user's own Teams state, then mark the user due.
+
+        Every change is judged here as either the echo of the bridge's own session or the user's
+        own state, and the newest own state (by version, not by arrival) is kept.  A reconcile
+        sees only the newest observed presence, so without this a burst like "Offline, then the
+        echo of our session", or the same two arriving in reverse order, would hide that the
+        user's own state became Offline.
+        """
+        now = self.clock()
+        by_user: dict[str, list[PresenceChange]] = {}
+        for change in changes:
+            by_user.setdefault(change.user_id, []).append(change)
+        for user_id, items in by_user.items():
+            bridge = await self.state.bridge(user_id)
+            login = await self.identity.login_for(user_id)
+            table = self.mapping.table_for(await self.groups(login) if login else frozenset())
+            session = BridgeSession(bridge.session, bridge.session_cleared_at) if bridge.session else None
+            for change in items:
+                presence = TeamsPresence(change.availability, change.activity)
+                observed = ObservedUser(
+                    teams=presence, teams_observed_at=change.received_at, bridge_session=session
+                )
+                if not echo_of_bridge(observed, table, now)[0]:
+                    await self.state.offer_own(user_id, presence, change.sequence, change.received_at)
+        await self.schedule.mark(sorted(by_user), now)
 
     async def handle_calls(self, entries: list[Entry]) -> dict[str, str]:
         """Stream handler for STARFACE call events: update the user's calls, mark the user due."""
@@ -225,7 +248,7 @@ class Reconciler:
         outcome = _Outcome()
         await self._apply_starface(decision, bridge, login, outcome)
         await self._apply_teams(user_id, decision, bridge, outcome)
-        outcome.updates["own_teams"] = decision.own_teams
+        # own_teams is written only by on_presence, which judges every change in order.
         if decision.drop_bridge_session and not outcome.updates.get("session"):
             outcome.updates.update(session=None, session_cleared_at=None, session_expires_at=None)
         if outcome.errors:
@@ -295,6 +318,10 @@ class Reconciler:
             action = f"Teams setPresence {wanted} for {self.presence_seconds // 60} min" + (
                 " (refresh)" if same else ""
             )
+            if not same:
+                # Write-ahead: Graph may echo the session before this call returns, and the
+                # echo must be recognised as ours when the worker judges it.
+                await self.state.update_bridge(user_id, session=wanted, session_cleared_at=None)
             try:
                 await self.teams.set_presence(user_id, wanted, self.presence_seconds)
             except Exception as exc:  # network, throttling, Graph refusals: all retried with backoff

@@ -5,7 +5,8 @@ For each bridged user (keyed by Entra id, so all keys share one hash slot):
 - the STARFACE calls that have not hung up (call id -> state and first-seen time), and the ids
   of ended calls for a day, so a late event of an ended call cannot revive it;
 - the bridge record: what the bridge last applied to STARFACE (DND, text), what its Teams session
-  holds (presence, expiry, when it was cleared), the user's own Teams state, the end of the last
+  holds (presence, expiry, when it was cleared), the user's own Teams state (the newest observed
+  change that was not the echo of the bridge's session, with its version), the end of the last
   call, and the failure streak used for backoff.
 """
 
@@ -19,8 +20,27 @@ import redis.asyncio as aioredis
 from service import keys
 from service.calls import CallEvent
 from service.mapping import TeamsPresence
+from service.observed import SEQUENCE_COMPARE_LUA
 
 ENDED_CALL_MEMORY_SECONDS = 86_400
+
+# KEYS: bridge. ARGV: presence, sequence, received_at. The newest non-echo change wins, in the
+# same order as the observed presence, whatever order the changes arrive in.
+_OFFER_OWN = (
+    SEQUENCE_COMPARE_LUA
+    + """
+local cur = redis.call('HMGET', KEYS[1], 'own_teams', 'own_sequence', 'own_received_at')
+if cur[1] then
+  if ARGV[2] ~= '' and cur[2] and cur[2] ~= '' then
+    if compare(ARGV[2], cur[2]) <= 0 then return 0 end
+  elseif tonumber(ARGV[3]) <= tonumber(cur[3] or '0') then
+    return 0
+  end
+end
+redis.call('HSET', KEYS[1], 'own_teams', ARGV[1], 'own_sequence', ARGV[2], 'own_received_at', ARGV[3])
+return 1
+"""
+)
 
 # KEYS: calls, ended, bridge. ARGV: call id, state, event time. Returns 1 when the calls changed.
 _APPLY_CALL = """
@@ -106,6 +126,16 @@ class UserStateStore:
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
         self._apply_call = redis.register_script(_APPLY_CALL)
+        self._offer_own = redis.register_script(_OFFER_OWN)
+
+    async def offer_own(
+        self, user_id: str, presence: TeamsPresence, sequence: str | None, received_at: float
+    ) -> bool:
+        """Record ``presence`` as the user's own Teams state if it is newer than the recorded one."""
+        stored = await self._offer_own(
+            keys=[keys.user_bridge(user_id)], args=[str(presence), sequence or "", repr(received_at)]
+        )
+        return bool(int(stored))
 
     async def apply_call(self, user_id: str, event: CallEvent) -> bool:
         at = event.time if event.time is not None else event.received_at

@@ -16,7 +16,9 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Called with the users whose observed presence moved forward, after it is stored.
+# Called after the observed presence is stored, with every readable change of the batch in
+# stream order, stale ones too: a stale change can still carry news (the user's own state behind
+# the bridge's session).  A redelivery after a listener failure calls the listeners again.
 ChangeListener = Callable[[list[PresenceChange]], Awaitable[None]]
 
 
@@ -60,18 +62,16 @@ class PresenceWorker:
             for _, change in parsed:
                 await self.store.queue_apply(pipe, change)
             results = await pipe.execute(raise_on_error=False)
-        applied: list[PresenceChange] = []
+        stored: list[PresenceChange] = []
         for (entry, change), result in zip(parsed, results, strict=True):
             if isinstance(result, RedisError):
                 failures[entry.id] = f"store failed: {result}"
                 continue
-            outcome = Outcome(int(result))
-            self.outcomes[outcome] += 1
-            if outcome is Outcome.APPLIED:
-                applied.append(change)
-        if applied:
+            self.outcomes[Outcome(int(result))] += 1
+            stored.append(change)
+        if stored:
             for listener in self.listeners:
-                await listener(applied)
+                await listener(stored)
         return failures
 
     async def drain(self) -> int:

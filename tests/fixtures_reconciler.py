@@ -221,11 +221,15 @@ class Harness:
         if changes is None:
             self.graph.outbox = []
 
-    async def pump(self, rounds: int = 6) -> None:
+    async def process(self) -> None:
+        """One round of every consumer, without delivering Graph's outbox."""
         await self.worker.consumer.ensure_group()
         await self.calls.ensure_group()
+        await self.worker.consumer.drain()
+        await self.calls.drain()
+        await self.reconciler.drain()
+
+    async def pump(self, rounds: int = 6) -> None:
         for _ in range(rounds):
             await self.deliver()
-            await self.worker.consumer.drain()
-            await self.calls.drain()
-            await self.reconciler.drain()
+            await self.process()

@@ -9,6 +9,7 @@ import aiohttp
 import uvicorn
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -16,6 +17,7 @@ from starlette.routing import BaseRoute, Route
 from service import webhook
 from service.certificates import CertificateStore
 from service.clientstate import ClientStates
+from service.logs import RequestIdMiddleware
 from service.secretbox import SecretBox
 from service.settings import Settings
 from service.storage import connect_web
@@ -103,4 +105,4 @@ def create_app(
         Route("/readyz", readyz),
         *(extra_routes or []),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(RequestIdMiddleware)])

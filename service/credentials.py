@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import dataclasses
 import getpass
 import io
 import sys
@@ -210,10 +211,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rm.add_argument("login", help="STARFACE login ID")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run one ``starface credentials`` command: 0 on success, 2 with a one-line error otherwise."""
+def run(args: argparse.Namespace, *, redis_url: str | None = None) -> int:
+    """Run one ``starface credentials`` command: 0 on success, 2 with a one-line error otherwise.
+
+    ``redis_url`` overrides ``REDIS_URL`` (the CLI passes the embedded server's).
+    """
     try:
-        settings = _settings(args)
+        settings = _settings(args, redis_url)
         command = args.credentials_command
         if command == "import":
             passwords = _read_file(Path(args.file))
@@ -251,12 +255,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace, redis_url: str | None = None) -> Settings:
     env_file = getattr(args, "env_file", ".env")
     try:
         settings = Settings.from_env(env_file=env_file, require=())
     except SettingsError as exc:
         raise CliError("; ".join(exc.problems)) from None
+    if redis_url:
+        settings = dataclasses.replace(settings, redis_url=redis_url)
     if not settings.secret_key:
         raise CliError("BRIDGE_SECRET_KEY is missing: it encrypts the stored credentials")
     if not settings.redis_url:

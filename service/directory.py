@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -50,6 +50,8 @@ class DirectoryUser:
     email: str
     first_name: str = ""
     family_name: str = ""
+    # Names and ids of the user's STARFACE groups: they pick the mapping's group overrides.
+    groups: tuple[str, ...] = ()
 
     @property
     def email_key(self) -> str:
@@ -64,7 +66,9 @@ class DirectoryUser:
 
     @classmethod
     def from_json(cls, raw: Any) -> DirectoryUser:
-        return cls(**json.loads(raw))
+        data = json.loads(raw)
+        data["groups"] = tuple(data.get("groups", ()))
+        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -105,11 +109,12 @@ def select_users(
     group: str | None = None,
     group_members: Collection[int] | None = None,
     extra_logins: Sequence[str] = (),
+    memberships: Mapping[int, Sequence[str]] | None = None,
 ) -> Selection:
     """The selection rule, without I/O.
 
     ``group`` is the configured group; ``group_members`` its member user ids, or ``None`` when the
-    PBX has no such group.
+    PBX has no such group.  ``memberships`` gives each user id's group names and ids.
     """
     problems: list[Problem] = []
     by_login = {u.login: u for u in users}
@@ -159,8 +164,9 @@ def select_users(
             )
             continue
         user = holders[0]
+        groups = tuple((memberships or {}).get(user.id, ()))
         selected.append(
-            DirectoryUser(user.login, user.id, user.email.strip(), user.first_name, user.family_name)
+            DirectoryUser(user.login, user.id, user.email.strip(), user.first_name, user.family_name, groups)
         )
     selected.sort(key=lambda u: u.login)
     return Selection(tuple(selected), tuple(problems))
@@ -294,10 +300,17 @@ async def refresh(
     at = time.time() if now is None else now
     try:
         users = await rest.users()
+        groups = await rest.groups()
+        memberships: dict[int, list[str]] = defaultdict(list)
+        members_of: dict[int, frozenset[int]] = {}
+        for found_group in groups:
+            members_of[found_group.id] = await rest.group_member_ids(found_group.id)
+            for user_id in members_of[found_group.id]:
+                memberships[user_id] += [found_group.name, str(found_group.id)]
         members: frozenset[int] | None = None
         if settings.starface_group:
-            found = find_group(await rest.groups(), settings.starface_group)
-            members = None if found is None else await rest.group_member_ids(found.id)
+            found = find_group(groups, settings.starface_group)
+            members = None if found is None else members_of[found.id]
     except GatewayError as exc:
         await store.record_failure(str(exc), at=at)
         raise
@@ -307,6 +320,7 @@ async def refresh(
         group=settings.starface_group,
         group_members=members,
         extra_logins=settings.starface_extra_logins,
+        memberships=memberships,
     )
     await store.save(selection, refreshed_at=at)
     for problem in selection.problems:

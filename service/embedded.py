@@ -10,6 +10,7 @@ import contextlib
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import redis
@@ -46,6 +47,10 @@ class EmbeddedValkey:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def port_file(self) -> Path:
+        return self.data_dir / "port"
+
     def start(self, timeout: float = 10.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log_file = self.data_dir / "valkey.log"
@@ -81,6 +86,8 @@ class EmbeddedValkey:
                     )
                 with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
                     if client.ping():
+                        # Other commands (credentials, status, explain) find the server here.
+                        self.port_file.write_text(str(self.port))
                         return
                 time.sleep(0.02)
         finally:
@@ -93,6 +100,9 @@ class EmbeddedValkey:
     def stop(self, *, kill: bool = False) -> None:
         if self.process is None:
             return
+        with contextlib.suppress(OSError):
+            if self.port_file.read_text() == str(self.port):
+                self.port_file.unlink()
         if self.process.poll() is None:
             if kill:
                 self.process.kill()
@@ -118,3 +128,35 @@ class EmbeddedValkey:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def running_url(data_dir: Path) -> str | None:
+    """The URL of an embedded server already running on ``data_dir`` (started by ``serve``)."""
+    try:
+        port = int((data_dir / "port").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    client = redis.Redis(port=port, socket_connect_timeout=0.5, socket_timeout=1)
+    try:
+        if client.ping():
+            return f"redis://127.0.0.1:{port}/0"
+    except (redis.ConnectionError, redis.TimeoutError):
+        return None
+    finally:
+        client.close()
+    return None
+
+
+@contextlib.contextmanager
+def redis_url_for(redis_url: str | None, data_dir: Path) -> Iterator[str]:
+    """``REDIS_URL`` when set; else the running embedded server; else a temporary one on the same
+    append-only file, so what a command stores is there when ``serve`` starts."""
+    if redis_url:
+        yield redis_url
+        return
+    found = running_url(data_dir)
+    if found is not None:
+        yield found
+        return
+    with EmbeddedValkey(data_dir) as server:
+        yield server.url

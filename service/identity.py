@@ -11,6 +11,7 @@ from collections.abc import Mapping
 import redis.asyncio as aioredis
 
 from service import keys
+from service.directory import DirectoryStore
 
 
 def _text(value: bytes | str) -> str:
@@ -44,3 +45,17 @@ class IdentityStore:
         """Entra user id -> login ID."""
         raw = await self.redis.hgetall(keys.IDENTITY_LOGIN_BY_USER)
         return {_text(k): _text(v) for k, v in raw.items()}
+
+
+async def link_resolved(redis: aioredis.Redis, ids_by_email: Mapping[str, str]) -> list[str]:
+    """Link each selected STARFACE user to the Entra id resolved for their e-mail.
+
+    Returns the Entra ids whose link is new or changed: those users need a reconcile.
+    """
+    users = await DirectoryStore(redis).users()
+    links = {ids_by_email[u.email_key]: u.login for u in users if u.email_key in ids_by_email}
+    store = IdentityStore(redis)
+    before = await store.all()
+    if links != before:
+        await store.replace(links)
+    return sorted(user_id for user_id, login in links.items() if before.get(user_id) != login)

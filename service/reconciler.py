@@ -25,6 +25,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from service import metrics
 from service.calls import CallEvent, CallFormatError
 from service.decisions import DecisionLog, DecisionRecord
 from service.desired import BridgeSession, Decision, ObservedUser, decide, echo_of_bridge
@@ -81,6 +82,53 @@ class _Outcome:
         self.actions.append(action)
         self.results.append(f"failed: {error}")
         self.errors.append(f"{action}: {error}")
+        metrics.RECONCILE_FAILURES.labels(action.split()[0]).inc()
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Everything a decision about one user is made from."""
+
+    user: ObservedUser
+    observed: ObservedPresence | None
+    bridge: BridgeRecord
+    calls: list[Call]
+    login: str | None
+
+
+async def gather_inputs(
+    redis: aioredis.Redis,
+    user_id: str,
+    now: float,
+    *,
+    groups: Groups = _no_groups,
+    call_max_seconds: float = 12 * 3600,
+    prune: bool = True,
+) -> Inputs:
+    """Read one user's observed state; ``prune=False`` changes nothing (for previews)."""
+    state = UserStateStore(redis)
+    login = await IdentityStore(redis).login_for(user_id)
+    observed = await ObservedStore(redis).get(user_id)
+    calls = await state.calls(user_id)
+    stale = [c.call_id for c in calls if now - c.first_seen > call_max_seconds]
+    if stale:
+        calls = [c for c in calls if c.call_id not in stale]
+        if prune:
+            # A HANGUP that never arrived must not hold a user Busy forever.
+            log.warning("user %s: dropping %d call(s) older than %ds", user_id, len(stale), call_max_seconds)
+            await state.forget_calls(user_id, stale, now)
+    bridge = await state.bridge(user_id)
+    session = BridgeSession(bridge.session, bridge.session_cleared_at) if bridge.session is not None else None
+    user = ObservedUser(
+        teams=TeamsPresence(observed.availability, observed.activity) if observed else None,
+        teams_observed_at=observed.received_at if observed else None,
+        own_teams=bridge.own_teams,
+        calls=tuple(c.state for c in calls),
+        last_call_ended_at=bridge.last_call_ended_at,
+        bridge_session=session,
+        groups=await groups(login) if login else frozenset(),
+    )
+    return Inputs(user, observed, bridge, calls, login)
 
 
 class Reconciler:
@@ -201,7 +249,8 @@ class Reconciler:
         next_due: float | None = self.clock() + 5.0
         try:
             async with self._limit:
-                next_due = await self.reconcile(user_id)
+                with metrics.RECONCILE_SECONDS.time():
+                    next_due = await self.reconcile(user_id)
         except Exception:
             # Storage trouble or a bug for one user must not stop the others; retry this one later.
             log.exception("reconcile of user %s failed", user_id)
@@ -210,40 +259,19 @@ class Reconciler:
 
     # -- one user ------------------------------------------------------------------------------
 
-    async def _inputs(
-        self, user_id: str, now: float
-    ) -> tuple[ObservedUser, ObservedPresence | None, BridgeRecord, list[Call], str | None]:
-        login = await self.identity.login_for(user_id)
-        observed = await self.observed.get(user_id)
-        calls = await self.state.calls(user_id)
-        stale = [c.call_id for c in calls if now - c.first_seen > self.call_max_seconds]
-        if stale:
-            # A HANGUP that never arrived must not hold a user Busy forever.
-            log.warning(
-                "user %s: dropping %d call(s) older than %ds", user_id, len(stale), self.call_max_seconds
-            )
-            await self.state.forget_calls(user_id, stale, now)
-            calls = [c for c in calls if c.call_id not in stale]
-        bridge = await self.state.bridge(user_id)
-        groups = await self.groups(login) if login else frozenset()
-        session = (
-            BridgeSession(bridge.session, bridge.session_cleared_at) if bridge.session is not None else None
-        )
-        user = ObservedUser(
-            teams=TeamsPresence(observed.availability, observed.activity) if observed else None,
-            teams_observed_at=observed.received_at if observed else None,
-            own_teams=bridge.own_teams,
-            calls=tuple(c.state for c in calls),
-            last_call_ended_at=bridge.last_call_ended_at,
-            bridge_session=session,
-            groups=groups,
-        )
-        return user, observed, bridge, calls, login
-
     async def reconcile(self, user_id: str) -> float | None:
         """One level-triggered pass for one user; returns when the user is next due (or None)."""
         now = self.clock()
-        user, observed, bridge, calls, login = await self._inputs(user_id, now)
+        inputs = await gather_inputs(
+            self.redis, user_id, now, groups=self.groups, call_max_seconds=self.call_max_seconds
+        )
+        user, observed, bridge, calls, login = (
+            inputs.user,
+            inputs.observed,
+            inputs.bridge,
+            inputs.calls,
+            inputs.login,
+        )
         decision = decide(user, self.mapping, now=now)
         outcome = _Outcome()
         await self._apply_starface(decision, bridge, login, outcome)
@@ -393,6 +421,9 @@ class Reconciler:
         if newest_call is not None and newest_call > started:
             trigger, started = "call", newest_call
         latency = (outcome.applied_at - started) * 1000 if outcome.applied_at is not None else None
+        if latency is not None:
+            side = outcome.actions[-1].split()[0]
+            metrics.RECONCILE_APPLY_LATENCY_SECONDS.labels(side).observe(latency / 1000)
         return DecisionRecord(
             at=now,
             user_id=user_id,

@@ -65,6 +65,13 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _minutes_5_240(value: str) -> int:
+    minutes = int(value)
+    if not 5 <= minutes <= 240:
+        raise ValueError("must be between 5 and 240 (Graph's setPresence accepts PT5M to PT4H)")
+    return minutes
+
+
 def _bool(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -323,6 +330,22 @@ FIELDS: tuple[Field, ...] = (
         "Time-to-live of the scheduler lease; a dead leader is replaced within it",
     ),
     Field(
+        "SCHEDULER_PASS_SECONDS",
+        "scheduler_pass_seconds",
+        _positive_int,
+        60,
+        None,
+        "Pause between scheduler passes (directory e-mails, shards, renewals, lifecycle events)",
+    ),
+    Field(
+        "TEAMS_PRESENCE_MINUTES",
+        "teams_presence_minutes",
+        _minutes_5_240,
+        5,
+        None,
+        "Lifetime of the Teams presence the bridge sets for a STARFACE call; re-sent before it ends",
+    ),
+    Field(
         "MAPPING_FILE",
         "mapping_file",
         _existing_file,
@@ -371,6 +394,8 @@ class Settings:
     graph_service_accounts: tuple[str, ...] = ()
     resync_interval_seconds: int = 900
     scheduler_lease_seconds: int = 30
+    scheduler_pass_seconds: int = 60
+    teams_presence_minutes: int = 5
     mapping_file: str | None = None
 
     @classmethod

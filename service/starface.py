@@ -15,6 +15,7 @@ neither URL query nor token nor password (the chained aiohttp exception is dropp
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Any
 
 import aiohttp
 
+from service import metrics
 from service import starface_protocol as sp
 from service.gateway import LoginRefused, StarfaceUnavailable
 from service.settings import Settings
@@ -64,14 +66,21 @@ async def send(
     ``what`` is a label such as ``GET /rest/users``: URLs may carry a UCI token in their query, so
     they never appear in an error.
     """
+    label = re.sub(r"\d+", "{id}", what)
+    started = time.monotonic()
     try:
         async with http.request(method, url, **kwargs) as response:
             body = await response.content.read(max_bytes + 1)
             if len(body) > max_bytes:
                 raise StarfaceUnavailable(f"{what}: answer larger than {max_bytes} bytes")
+            if response.status >= 500:
+                metrics.STARFACE_CALL_ERRORS.labels(label).inc()
             return response.status, body
     except (aiohttp.ClientError, TimeoutError) as exc:
+        metrics.STARFACE_CALL_ERRORS.labels(label).inc()
         raise StarfaceUnavailable(f"{what}: {type(exc).__name__}") from None
+    finally:
+        metrics.STARFACE_CALL_SECONDS.labels(label).observe(time.monotonic() - started)
 
 
 def _json(body: bytes, what: str) -> Any:

@@ -22,7 +22,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from service import keys
+from service import keys, metrics
 from service.certificates import CertificateStore
 from service.clientstate import ClientStates, matches
 from service.crypto import ContentError, decrypt_content
@@ -107,6 +107,8 @@ async def _items(request: Request, ingest: Ingest) -> tuple[list[dict[str, Any]]
 async def _count(redis: aioredis.Redis, dropped: Counter[str]) -> None:
     if not dropped:
         return
+    for reason, count in dropped.items():
+        metrics.NOTIFICATION_ITEMS.labels(reason).inc(count)
     async with redis.pipeline(transaction=False) as pipe:
         for reason, count in dropped.items():
             pipe.hincrby(keys.DROPPED_COUNTS, reason, count)
@@ -135,6 +137,15 @@ async def _authentic(
 
 
 async def notifications(request: Request) -> Response:
+    started = time.perf_counter()
+    response = await _notifications(request)
+    metrics.NOTIFICATION_ACK_SECONDS.labels("notifications", str(response.status_code)).observe(
+        time.perf_counter() - started
+    )
+    return response
+
+
+async def _notifications(request: Request) -> Response:
     handshake = _handshake(request)
     if handshake is not None:
         return handshake
@@ -149,6 +160,7 @@ async def notifications(request: Request) -> Response:
         changes = await _decode(items, payload.get("validationTokens"), ingest, dropped, received_at)
         if changes:
             await append_presence_batch(ingest.redis, changes, ingest.stream_maxlen)
+            metrics.NOTIFICATION_ITEMS.labels("accepted").inc(len(changes))
         await _count(ingest.redis, dropped)
     except (RedisError, OSError) as exc:
         log.warning("notifications: answering 503, storage unavailable: %s", type(exc).__name__)

@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import getpass
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TextIO
 
 import redis.asyncio as aioredis
@@ -23,7 +23,7 @@ from subscriptions.lease import LeaseLost
 from subscriptions.scheduler import build_scheduler
 from subscriptions.shards import ShortfallError
 from subscriptions.tokens import TokenError, Tokens
-from subscriptions.users import EmailSource
+from subscriptions.users import EmailSource, Resolution
 
 # Failures with a message fit for an operator; anything else is a bug and may show a traceback.
 _EXPECTED: tuple[type[BaseException], ...] = (
@@ -151,6 +151,7 @@ def run_renew(
     settings: Settings,
     emails: EmailSource,
     *,
+    on_resolution: Callable[[Resolution], Awaitable[None]] | None = None,
     redis_url: str | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
@@ -161,7 +162,9 @@ def run_renew(
 
     async def job() -> int:
         redis = _redis(settings, redis_url)
-        scheduler = build_scheduler(settings, redis, emails, lease_seconds=args.lease_seconds)
+        scheduler = build_scheduler(
+            settings, redis, emails, lease_seconds=args.lease_seconds, on_resolution=on_resolution
+        )
         try:
             report = await scheduler.run_once()
             if not report.leader:

@@ -16,12 +16,14 @@ import json
 import logging
 import random
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiohttp
 
+from service import metrics as service_metrics
 from subscriptions import metrics
 from subscriptions.clock import Clock, SystemClock
 
@@ -169,19 +171,23 @@ class GraphClient:
         for attempt in range(self.max_attempts):
             if self.limiter is not None:
                 await self.limiter.acquire()
+            started = time.monotonic()
             try:
                 async with self._http().request(method, url, headers=headers, json=body) as response:
                     text = await response.text()
                     status = response.status
                     response_headers = dict(response.headers)
             except (aiohttp.ClientError, TimeoutError) as exc:
+                service_metrics.GRAPH_CALL_ERRORS.labels("unreachable").inc()
                 last_status, last_code, last_message = 0, "unreachable", type(exc).__name__
                 if attempt + 1 < self.max_attempts:
                     await self.clock.sleep(_backoff(attempt))
                 continue
+            service_metrics.GRAPH_CALL_SECONDS.labels(method, str(status)).observe(time.monotonic() - started)
             parsed = _parse(text)
             if status in ok:
                 return GraphResponse(status, parsed, response_headers)
+            service_metrics.GRAPH_CALL_ERRORS.labels(str(status)).inc()
             code, message = _error_fields(parsed)
             if status in _RETRYABLE:
                 metrics.GRAPH_THROTTLED.labels(str(status)).inc()

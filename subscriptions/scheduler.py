@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +37,7 @@ from subscriptions.renewal import AccountBlocked, Outcome, Renewal
 from subscriptions.resync import Resync
 from subscriptions.shards import CAPACITY, ShardStore, ShortfallError, assign
 from subscriptions.tokens import TokenError, Tokens
-from subscriptions.users import EmailSource, UserDirectory
+from subscriptions.users import EmailSource, Resolution, UserDirectory
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,11 @@ class Scheduler:
         pass_interval_seconds: float = 60,
         capacity: int = CAPACITY,
         graph: GraphClient | None = None,
+        on_resolution: Callable[[Resolution], Awaitable[None]] | None = None,
     ) -> None:
         self.redis = redis
+        # Told every fresh e-mail -> Entra id resolution (the bridge links identities with it).
+        self.on_resolution = on_resolution
         self.emails = emails
         self.accounts = accounts
         self.users = users
@@ -152,6 +155,8 @@ class Scheduler:
             configured = {a.lower() for a in self.accounts.accounts}
             return {a: list(m) for a, m in previous.items() if a in configured}
         report.missing_emails = resolution.missing
+        if self.on_resolution is not None:
+            await self.on_resolution(resolution)
         if resolution.missing:
             log.warning(
                 "%d selected e-mails match no Entra user: %s",
@@ -270,22 +275,13 @@ def build_scheduler(
     client_certificate_pfx: str | None = None,
     lease_seconds: float | None = None,
     renewal_options: dict[str, float] | None = None,
+    on_resolution: Callable[[Resolution], Awaitable[None]] | None = None,
 ) -> Scheduler:
     """Wire a scheduler from settings; the caller awaits ``run_forever`` or ``run_once`` and ``close``."""
     clock = clock or SystemClock()
     box = SecretBox(settings.secret_key)
-    accounts = ServiceAccounts(redis, box, settings.graph_service_accounts)
-    tokens = Tokens(
-        redis,
-        box,
-        accounts,
-        tenant_id=settings.tenant_id,
-        client_id=settings.client_id,
-        client_secret=settings.client_secret,
-        client_certificate_pfx=client_certificate_pfx,
-        authority_base_url=settings.authority_base_url,
-        extra_ca_file=settings.extra_ca_file,
-    )
+    tokens = Tokens.from_settings(redis, settings, client_certificate_pfx=client_certificate_pfx)
+    accounts = tokens.accounts
     graph = GraphClient(
         settings.graph_base_url,
         ssl_context=client_context(settings.extra_ca_file),
@@ -317,6 +313,7 @@ def build_scheduler(
         resync_interval_seconds=settings.resync_interval_seconds,
         pass_interval_seconds=pass_interval_seconds,
         graph=graph,
+        on_resolution=on_resolution,
     )
 
 

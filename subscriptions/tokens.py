@@ -27,6 +27,7 @@ from requests.adapters import HTTPAdapter
 
 from service import keys
 from service.secretbox import SealError, SecretBox
+from service.settings import Settings
 from subscriptions.accounts import AccountState, ServiceAccounts
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,23 @@ class Tokens:
         self._confidential: Any = None
         self._public: dict[str, tuple[Any, Any]] = {}
         self._local_locks: dict[str, asyncio.Lock] = {}
+
+    @classmethod
+    def from_settings(
+        cls, redis: aioredis.Redis, settings: Settings, *, client_certificate_pfx: str | None = None
+    ) -> Tokens:
+        box = SecretBox(settings.secret_key)
+        return cls(
+            redis,
+            box,
+            ServiceAccounts(redis, box, settings.graph_service_accounts),
+            tenant_id=settings.tenant_id,
+            client_id=settings.client_id,
+            client_secret=settings.client_secret,
+            client_certificate_pfx=client_certificate_pfx,
+            authority_base_url=settings.authority_base_url,
+            extra_ca_file=settings.extra_ca_file,
+        )
 
     # -- app-only -------------------------------------------------------------------------------
 

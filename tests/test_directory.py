@@ -284,3 +284,22 @@ async def test_run_refreshes_once_per_period_across_replicas(
     assert refreshed == [1]
     assert await store.logins() == ["0001"]
     assert await redis_client.ttl(keys.STARFACE_DIRECTORY_LOCK) > 0
+
+
+async def test_selected_users_carry_their_groups_for_mapping_overrides(
+    pbx: StarfaceSandboxHandle,
+    rest: RestClient,
+    redis_client: aioredis.Redis,
+    make_settings: Callable[..., Settings],
+) -> None:
+    group_id = pbx.add_group("Empfang", ["0001", "0002"])["id"]
+    settings = sandbox_settings(make_settings, pbx, STARFACE_SELECT_ALL="true")
+    store = DirectoryStore(redis_client)
+    await directory.refresh(rest, store, settings)
+    anna = await store.by_login("0001")
+    bob = await store.by_login("0002")
+    assert anna is not None
+    assert bob is not None
+    assert "Vertrieb" in anna.groups
+    assert "Empfang" in anna.groups
+    assert set(bob.groups) == {"Empfang", str(group_id)}

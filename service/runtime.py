@@ -1,0 +1,213 @@
+"""What one ``presence-bridge serve`` process runs, by role, and how it stops.
+
+- ``web``: the public endpoints (Graph notifications and lifecycle, STARFACE callbacks, health).
+- ``worker``: presence changes into observed state, STARFACE call events, the reconciler, and the
+  per-user UCI sessions (keepAlive, re-login).  Any number of workers share the work via Redis.
+- ``scheduler``: the STARFACE directory refresh and the Graph subscriptions (create, renew,
+  lifecycle, resync).  Any number may run; a Redis lease makes one of them act.
+- ``all``: every role in one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import redis.asyncio as aioredis
+import uvicorn
+
+from service import callback, keys, metrics
+from service.app import Server, create_app
+from service.directory import DirectoryStore
+from service.identity import link_resolved
+from service.mapping import Mapping, load_mapping
+from service.queue import StreamConsumer
+from service.reconciler import Reconciler
+from service.schedule import Schedule
+from service.sessions import SessionManager
+from service.settings import CORE, GRAPH_APP, STARFACE, Settings
+from service.starface import RestClient, open_http
+from service.storage import connect_worker
+from service.teams import GraphTeams
+from service.tls import client_context
+from service.worker import PresenceWorker
+from subscriptions.clock import Clock, SystemClock
+from subscriptions.graph import GraphClient
+from subscriptions.scheduler import build_scheduler
+from subscriptions.tokens import Tokens
+from subscriptions.users import Resolution
+
+log = logging.getLogger(__name__)
+
+ROLES = ("all", "web", "worker", "scheduler")
+
+
+def required_groups(role: str) -> list[str]:
+    """Settings groups a role needs: the web tier alone talks to neither STARFACE nor Graph."""
+    return [CORE] if role == "web" else [CORE, GRAPH_APP, STARFACE]
+
+
+@dataclass
+class WebOptions:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+@dataclass
+class Runtime:
+    """Builds the parts of the given role on start and closes everything it opened on stop."""
+
+    settings: Settings
+    redis_url: str
+    role: str = "all"
+    web: WebOptions = field(default_factory=WebOptions)
+    mapping: Mapping | None = None
+    # Tests run the bridge on a sandbox's faster clock; production uses the wall clock.
+    clock: Clock = field(default_factory=SystemClock)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    reconciler: Reconciler | None = None
+    server: Server | None = None
+    _closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    def _spawn(self, name: str, work: Coroutine[Any, Any, Any]) -> None:
+        self._tasks.append(asyncio.create_task(work, name=name))
+
+    async def start(self) -> None:
+        if self.role in ("all", "web"):
+            self._start_web()
+        if self.role in ("all", "worker", "scheduler"):
+            redis = connect_worker(self.redis_url)
+            self._closers.append(redis.aclose)
+            http = open_http(self.settings.extra_ca_file)
+            self._closers.append(http.close)
+            if self.role in ("all", "worker"):
+                await self._start_worker(redis, http)
+            if self.role in ("all", "scheduler"):
+                self._start_scheduler(redis, http)
+            self._spawn("metrics-gauges", metrics.gauge_loop(redis, self.settings, self.stop))
+
+    def _start_web(self) -> None:
+        config = uvicorn.Config(
+            create_app(self.settings, redis_url=self.redis_url, extra_routes=callback.routes()),
+            host=self.web.host,
+            port=self.web.port,
+            log_level=self.settings.log_level.lower(),
+            ssl_certfile=self.web.tls_cert,
+            ssl_keyfile=self.web.tls_key,
+            lifespan="on",
+            access_log=False,
+        )
+        self.server = Server(config)
+        self._spawn("web", self.server.serve())
+
+    async def _start_worker(self, redis: aioredis.Redis, http: aiohttp.ClientSession) -> None:
+        settings = self.settings
+        mapping = self.mapping or load_mapping(settings.mapping_file)
+        sessions = SessionManager(redis, settings, http)
+        tokens = Tokens.from_settings(redis, settings)
+        # Few attempts: the reconciler retries a user with its own backoff, never blocking others.
+        graph = GraphClient(
+            settings.graph_base_url,
+            ssl_context=client_context(settings.extra_ca_file),
+            max_attempts=2,
+            timeout=10,
+        )
+        self._closers.append(graph.close)
+        directory = DirectoryStore(redis)
+
+        async def groups(login: str) -> frozenset[str]:
+            user = await directory.by_login(login)
+            return frozenset(user.groups) if user else frozenset()
+
+        self.reconciler = Reconciler(
+            redis,
+            mapping=mapping,
+            starface=sessions,
+            teams=GraphTeams(graph, tokens.app_token, settings.client_id),
+            groups=groups,
+            clock=self.clock.now,
+            presence_seconds=settings.teams_presence_minutes * 60,
+        )
+        worker = PresenceWorker(redis, settings, listeners=[self.reconciler.on_presence])
+        calls = StreamConsumer(
+            redis,
+            keys.CALL_STREAM,
+            keys.CALL_GROUP,
+            self.reconciler.handle_calls,
+            batch=settings.worker_batch,
+            claim_idle_ms=settings.worker_claim_idle_ms,
+            max_deliveries=settings.worker_max_deliveries,
+        )
+        await worker.consumer.ensure_group()
+        await calls.ensure_group()
+        self._spawn("presence-worker", worker.run(self.stop.is_set))
+        self._spawn("call-events", calls.run_forever(self.stop.is_set))
+        self._spawn("reconciler", self.reconciler.run(self.stop.is_set))
+        self._spawn("uci-sessions", sessions.run(self.stop, logins=directory.versioned_logins))
+        log.info(
+            "worker %s: presence, call events, reconciler and UCI sessions running", worker.consumer.name
+        )
+
+    def _start_scheduler(self, redis: aioredis.Redis, http: aiohttp.ClientSession) -> None:
+        from service import directory as directory_module
+
+        settings = self.settings
+        store = DirectoryStore(redis)
+        rest = RestClient.from_settings(http, settings)
+        schedule = Schedule(redis)
+
+        async def linked(resolution: Resolution) -> None:
+            changed = await link_resolved(redis, resolution.ids)
+            if changed:
+                log.info("linked %d Teams users to STARFACE logins", len(changed))
+                await schedule.mark(changed, self.clock.now())
+
+        scheduler = build_scheduler(
+            settings,
+            redis,
+            store.emails,
+            on_resolution=linked,
+            pass_interval_seconds=settings.scheduler_pass_seconds,
+            clock=self.clock,
+        )
+        self._closers.append(scheduler.close)
+        self._spawn("directory", directory_module.run(rest, store, settings, self.stop))
+        self._spawn("subscriptions", scheduler.run_forever(self.stop))
+        log.info("scheduler: STARFACE directory and Graph subscriptions running")
+
+    async def wait(self) -> None:
+        """Until ``stop`` is set or a part fails; a failing part stops the whole process."""
+        stopper = asyncio.create_task(self.stop.wait(), name="stop")
+        done, _ = await asyncio.wait([stopper, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
+        failed = [t for t in done if t is not stopper and not t.cancelled() and t.exception() is not None]
+        stopper.cancel()
+        await self.close()
+        if failed:
+            raise failed[0].exception()  # type: ignore[misc]
+
+    async def close(self) -> None:
+        self.stop.set()
+        if self.server is not None:
+            self.server.should_exit = True
+        for task in self._tasks:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout=15)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            except (asyncio.CancelledError, Exception) as exc:  # already reported by wait()
+                log.debug("part %s ended with %r", task.get_name(), exc)
+        for closer in reversed(self._closers):
+            with contextlib.suppress(Exception):
+                await closer()
+        self._closers.clear()
+        self._tasks.clear()

@@ -79,14 +79,20 @@ class DemoWorld:
     graph_options: dict[str, Any] = field(default_factory=dict)
     settings_overrides: dict[str, str] = field(default_factory=dict)
     clock: Clock | None = None
+    # Run the bridge on the Graph sandbox's clock, so a test can speed time up for both.
+    graph_clock: bool = False
+    # Roles run in this process; a test may run the others as real subprocesses.
+    roles: tuple[str, ...] = ("all",)
     redis_url: str | None = None
     people: list[Person] = field(default_factory=list)
     entra_ids: dict[str, str] = field(default_factory=dict)
     settings: Settings | None = None
+    port: int = 0
+    tls: tuple[str, str] = ("", "")
     graph: GraphSandbox | None = None
     graph_server: ServerThread | None = None
     starface: StarfaceSandbox | None = None
-    runtime: Any = None
+    runtimes: list[Any] = field(default_factory=list)
     _valkey: EmbeddedValkey | None = None
     _starface_thread: SandboxThread | None = None
     _http: aiohttp.ClientSession | None = None
@@ -106,6 +112,8 @@ class DemoWorld:
         options = {"coalesce_seconds": 0.1, "device_code_interval": 1, **self.graph_options}
         self.graph = GraphSandbox(GraphOptions(**options), state_dir=self.state_dir / "graph")
         self.graph_server = self.graph.serve_in_thread()
+        if self.graph_clock:
+            self.clock = self.graph.clock
         self._starface_thread = SandboxThread(
             StarfaceOptions(state_dir=self.state_dir / "starface", callback_ca_file=self.graph.ca_file)
         )
@@ -153,18 +161,41 @@ class DemoWorld:
         )
         tokens = Tokens.from_settings(self._redis, self.settings)
         await tokens.login_with_password(SERVICE_ACCOUNT, self._password(SERVICE_ACCOUNT))
-        self.runtime = Runtime(
-            self.settings,
-            self.redis_url,
-            role="all",
-            web=WebOptions("127.0.0.1", port, str(cert_file), str(key_file)),
-            clock=self.clock or SystemClock(),
-        )
-        await self.runtime.start()
+        self.port = port
+        self.tls = (str(cert_file), str(key_file))
+        for role in self.roles:
+            runtime = Runtime(
+                self.settings,
+                self.redis_url,
+                role=role,
+                web=WebOptions("127.0.0.1", port, str(cert_file), str(key_file)),
+                clock=self.clock or SystemClock(),
+            )
+            await runtime.start()
+            self.runtimes.append(runtime)
+
+    def environment(self) -> dict[str, str]:
+        """The bridge's settings as environment variables, for a bridge process of its own."""
+        assert self.settings is not None
+        from service.settings import FIELDS
+
+        env: dict[str, str] = {}
+        for spec in FIELDS:
+            value = getattr(self.settings, spec.attr)
+            if value is None or value == () or spec.env == "OPENID_METADATA_URL":
+                continue
+            env[spec.env] = (
+                ",".join(value)
+                if isinstance(value, tuple)
+                else str(value).lower()
+                if isinstance(value, bool)
+                else str(value)
+            )
+        return env
 
     async def close(self) -> None:
-        if self.runtime is not None:
-            await self.runtime.close()
+        for runtime in self.runtimes:
+            await runtime.close()
         if self._redis is not None:
             await self._redis.aclose()
         if self._http is not None:

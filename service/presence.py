@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -60,7 +60,9 @@ class PresenceChange:
         )
 
     def to_fields(self) -> dict[str, str]:
-        return {"change": json.dumps(asdict(self), separators=(",", ":"))}
+        # vars(), not asdict(): every field is a plain value, and asdict's deep copy costs a tenth
+        # of the whole per-item work on the ingest path.
+        return {"change": json.dumps(vars(self), separators=(",", ":"))}
 
     @classmethod
     def from_fields(cls, fields: dict[str, str]) -> PresenceChange:

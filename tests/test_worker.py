@@ -162,13 +162,20 @@ async def test_sigkilled_worker_leaves_nothing_behind(
         BRIDGE_SECRET_KEY=SECRET_KEY,
         AZURE_TENANT_ID="t",
         AZURE_CLIENT_ID="c",
+        # A worker process also runs the reconciler, which needs these; nothing here reaches them.
+        AZURE_CLIENT_SECRET="unused",
+        STARFACE_BASE_URL="https://pbx.invalid",
+        STARFACE_ADMIN_LOGIN="0000",
+        STARFACE_ADMIN_PASSWORD="unused",
         WORKER_BATCH="50",
         LOG_LEVEL="WARNING",
     )
     proc = subprocess.Popen([sys.executable, "-m", "service", "serve", "--role", "worker"], env=env)
     try:
         # Freeze the worker until it is caught holding unacknowledged entries, then kill it.
-        for _ in range(2000):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, f"the worker subprocess exited with {proc.returncode}"
             time.sleep(0.002)
             proc.send_signal(signal.SIGSTOP)
             held = await _pending(redis)

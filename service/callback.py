@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from service import keys, xmlrpc
+from service.body import BodyTooLarge, read_bounded
 from service.calls import CallEvent, CallFormatError
 from service.settings import Settings
 
@@ -78,17 +79,10 @@ async def _count(redis: aioredis.Redis, reason: str) -> None:
 
 async def _bounded_body(request: Request, limit: int) -> bytes | None:
     """The body, or ``None`` as soon as it exceeds ``limit`` (read at most ``limit + 1`` bytes)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    try:
+        return await read_bounded(request, limit)
+    except BodyTooLarge:
         return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _xml(body: bytes, status: int = 200) -> Response:

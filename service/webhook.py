@@ -23,6 +23,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from service import keys, metrics
+from service.body import BodyTooLarge, read_bounded
 from service.certificates import CertificateStore
 from service.clientstate import ClientStates, matches
 from service.crypto import ContentError, decrypt_content
@@ -35,12 +36,6 @@ log = logging.getLogger(__name__)
 
 MAX_VALIDATION_TOKEN = 4096
 LIFECYCLE_EVENTS = frozenset({"reauthorizationRequired", "subscriptionRemoved", "missed"})
-
-
-class BodyTooLarge(Exception):
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        super().__init__(f"body exceeds {limit} bytes")
 
 
 class Unavailable(Exception):
@@ -71,23 +66,9 @@ def _handshake(request: Request) -> Response | None:
     return PlainTextResponse(token, status_code=200, headers={"X-Content-Type-Options": "nosniff"})
 
 
-async def _read_bounded(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def _items(request: Request, ingest: Ingest) -> tuple[list[dict[str, Any]], dict[str, Any]] | Response:
     try:
-        body = await _read_bounded(request, ingest.max_bytes)
+        body = await read_bounded(request, ingest.max_bytes)
     except BodyTooLarge as exc:
         return _plain(413, f"body larger than {exc.limit} bytes")
     except ClientDisconnect:

@@ -36,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from service.body import read_bounded
 from service.sandbox.clock import Clock
 
 GRAPH_RESOURCE = "https://graph.microsoft.com"
@@ -62,25 +63,6 @@ APPLICATION_PERMISSIONS = frozenset({"Presence.Read.All", "Presence.ReadWrite.Al
 
 TOKEN_BODY_LIMIT = 64 * 1024
 JSON_BODY_LIMIT = 1024 * 1024
-
-
-class BodyTooLarge(Exception):
-    """A request body above the route's limit; answered with 413 before it is read in full."""
-
-
-async def read_bounded_body(request: Request, limit: int) -> bytes:
-    """Read at most ``limit`` bytes; a declared or streamed excess raises ``BodyTooLarge``."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def b64url(data: bytes) -> str:
@@ -1035,7 +1017,7 @@ def entra_routes(tenant: EntraTenant, base_url: Callable[[], str]) -> list[Route
         segment = request.path_params["tenant"]
         if not tenant.knows_tenant(segment):
             return unknown_tenant(segment)
-        form = _form(await read_bounded_body(request, TOKEN_BODY_LIMIT))
+        form = _form(await read_bounded(request, TOKEN_BODY_LIMIT))
         try:
             result = tenant.token(form, _basic_auth(request))
         except OAuthError as exc:
@@ -1046,7 +1028,7 @@ def entra_routes(tenant: EntraTenant, base_url: Callable[[], str]) -> list[Route
         segment = request.path_params["tenant"]
         if not tenant.knows_tenant(segment):
             return unknown_tenant(segment)
-        form = _form(await read_bounded_body(request, TOKEN_BODY_LIMIT))
+        form = _form(await read_bounded(request, TOKEN_BODY_LIMIT))
         try:
             return JSONResponse(tenant.device_authorization(form, base_url()))
         except OAuthError as exc:
@@ -1056,7 +1038,7 @@ def entra_routes(tenant: EntraTenant, base_url: Callable[[], str]) -> list[Route
         # The page a person opens from the device-code message: code plus password sign-in.
         message = ""
         if request.method == "POST":
-            form = _form(await read_bounded_body(request, TOKEN_BODY_LIMIT))
+            form = _form(await read_bounded(request, TOKEN_BODY_LIMIT))
             account = tenant.find_account(form.get("username", ""))
             password = form.get("password", "")
             valid = (

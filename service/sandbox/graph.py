@@ -41,6 +41,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.body import BodyTooLarge, read_bounded
 from service.crypto import encrypt_content
 from service.sandbox.clock import Clock
 from service.sandbox.entra import (
@@ -48,13 +49,11 @@ from service.sandbox.entra import (
     AccessContext,
     Account,
     AppRegistration,
-    BodyTooLarge,
     EntraTenant,
     OAuthError,
     SigningKey,
     TokenRejected,
     entra_routes,
-    read_bounded_body,
 )
 from service.sandbox.graphstate import (
     ACTIVITIES,
@@ -1227,7 +1226,7 @@ class GraphSandbox:
         async def graph_endpoint(request: Request) -> Response:
             path = request.path_params["path"]
             headers = {k.lower(): v for k, v in request.headers.items()}
-            body = await read_bounded_body(request, JSON_BODY_LIMIT)
+            body = await read_bounded(request, JSON_BODY_LIMIT)
             if path.lower() == "$batch" and request.method == "POST":
                 fault = sandbox.faults.take("POST", "/v1.0/$batch")
                 if fault is not None and fault.stall_seconds:
@@ -1408,7 +1407,7 @@ def control_routes(sandbox: GraphSandbox) -> list[Route]:
             expected = sandbox.options.control_token.encode()
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
                 return JSONResponse({"error": "a valid control token is required"}, status_code=401)
-            raw = await read_bounded_body(request, JSON_BODY_LIMIT)
+            raw = await read_bounded(request, JSON_BODY_LIMIT)
             try:
                 body = json.loads(raw) if raw.strip() else {}
                 if not isinstance(body, dict):

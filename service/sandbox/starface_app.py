@@ -22,6 +22,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import starface_protocol as sp
+from service.body import BodyTooLarge, read_bounded
 from service.sandbox.starface_callbacks import Delivery, Dispatcher
 from service.sandbox.starface_model import (
     AuthenticationFailed,
@@ -50,12 +51,6 @@ SANDBOX_VERSION = "10.0.1.6"
 XML = "text/xml; charset=utf-8"
 
 
-class BodyTooLarge(Exception):
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        super().__init__(f"body exceeds {limit} bytes")
-
-
 @dataclass
 class Faults:
     down: str = "none"
@@ -75,20 +70,6 @@ class Context:
     # Set by the server: closes or reopens the PBX listener for the "refuse" fault.
     set_listening: Callable[[bool], Awaitable[None]] | None = None
     info: dict[str, Any] = field(default_factory=dict)
-
-
-async def read_bounded(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _error(status: int, message: str) -> JSONResponse:

@@ -66,6 +66,13 @@ def _handshake(request: Request) -> Response | None:
     return PlainTextResponse(token, status_code=200, headers={"X-Content-Type-Options": "nosniff"})
 
 
+async def _handshake_or_items(
+    request: Request, ingest: Ingest
+) -> tuple[list[dict[str, Any]], dict[str, Any]] | Response:
+    """Both endpoints start alike: the validation handshake, or a bounded, well-shaped body."""
+    return _handshake(request) or await _items(request, ingest)
+
+
 async def _items(request: Request, ingest: Ingest) -> tuple[list[dict[str, Any]], dict[str, Any]] | Response:
     try:
         body = await read_bounded(request, ingest.max_bytes)
@@ -127,11 +134,8 @@ async def notifications(request: Request) -> Response:
 
 
 async def _notifications(request: Request) -> Response:
-    handshake = _handshake(request)
-    if handshake is not None:
-        return handshake
     ingest: Ingest = request.app.state.ingest
-    parsed = await _items(request, ingest)
+    parsed = await _handshake_or_items(request, ingest)
     if isinstance(parsed, Response):
         return parsed
     items, payload = parsed
@@ -228,11 +232,8 @@ async def _decrypt(
 
 
 async def lifecycle(request: Request) -> Response:
-    handshake = _handshake(request)
-    if handshake is not None:
-        return handshake
     ingest: Ingest = request.app.state.ingest
-    parsed = await _items(request, ingest)
+    parsed = await _handshake_or_items(request, ingest)
     if isinstance(parsed, Response):
         return parsed
     items, _ = parsed

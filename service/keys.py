@@ -117,3 +117,7 @@ def user_bridge(user_id: str) -> str:
 def user_decisions(user_id: str) -> str:
     """List: the user's last decisions, newest first, as JSON."""
     return f"{PREFIX}:{{u:{user_id}}}:decisions"
+
+
+# zset: worker process name -> last heartbeat; the last live worker to stop logs UCI sessions out
+LIVE_WORKERS = f"{PREFIX}:{{pb}}:workers:live"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,7 @@ from subscriptions.users import Resolution
 log = logging.getLogger(__name__)
 
 ROLES = ("all", "web", "worker", "scheduler")
+HEARTBEAT_SECONDS = 10.0
 
 
 def required_groups(role: str) -> list[str]:
@@ -152,9 +154,34 @@ class Runtime:
         self._spawn("call-events", calls.run_forever(self.stop.is_set))
         self._spawn("reconciler", self.reconciler.run(self.stop.is_set))
         self._spawn("uci-sessions", sessions.run(self.stop, logins=directory.versioned_logins))
+        self._spawn("worker-heartbeat", self._heartbeat(redis, worker.consumer.name))
+        self._closers.append(lambda: self._last_one_out(redis, worker.consumer.name, sessions))
         log.info(
             "worker %s: presence, call events, reconciler and UCI sessions running", worker.consumer.name
         )
+
+    async def _heartbeat(self, redis: aioredis.Redis, name: str) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(aioredis.RedisError, OSError):
+                await redis.zadd(keys.LIVE_WORKERS, {name: time.time()})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), timeout=HEARTBEAT_SECONDS)
+
+    async def _last_one_out(self, redis: aioredis.Redis, name: str, sessions: SessionManager) -> None:
+        """The UCI sessions are shared by all workers: only the last one to stop logs them out.
+
+        A rolling restart never finds itself last, so users keep their sessions through it.
+        """
+        await redis.zrem(keys.LIVE_WORKERS, name)
+        others = await redis.zcount(keys.LIVE_WORKERS, time.time() - 3 * HEARTBEAT_SECONDS, "+inf")
+        if others:
+            return
+        try:
+            done = await asyncio.wait_for(sessions.logout_all(), timeout=15)
+        except TimeoutError:
+            log.warning("last worker stopping: UCI logout did not finish in 15 s; the PBX expires the rest")
+            return
+        log.info("last worker stopping: logged %d UCI session(s) out", len(done))
 
     def _start_scheduler(self, redis: aioredis.Redis, http: aiohttp.ClientSession) -> None:
         from service import directory as directory_module

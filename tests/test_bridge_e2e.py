@@ -171,3 +171,19 @@ def test_the_demo_runs_and_every_expectation_holds(tmp_path: Path) -> None:
     assert "Every expectation held" in result.stdout
     assert "Traceback" not in result.stderr
     assert time.monotonic() - started < 60
+
+
+async def test_the_last_worker_to_stop_logs_the_uci_sessions_out(world_factory: Callable[..., Any]) -> None:
+    world: DemoWorld = await world_factory(users=2, roles=("web", "scheduler", "worker", "worker"))
+    anna = world.people[0]
+    session = await world.starface_control("GET", f"/control/users/{anna.login}/session")
+    assert session["id"]
+    second_worker = world.runtimes.pop()
+    await second_worker.close()  # another worker is still running: the sessions stay
+    assert (await world.starface_control("GET", f"/control/users/{anna.login}/session"))["id"] == session[
+        "id"
+    ]
+    last_worker = world.runtimes.pop()
+    await last_worker.close()  # the last one out logs everyone out
+    with pytest.raises(RuntimeError, match="404"):
+        await world.starface_control("GET", f"/control/users/{anna.login}/session")

@@ -14,6 +14,8 @@ import json
 import logging
 import os
 import signal
+import socket
+import ssl
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -23,7 +25,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from service.embedded import EmbeddedValkey, EmbeddedValkeyError, redis_url_for
-from service.settings import CORE, GRAPH_APP, Settings, SettingsError
+from service.settings import CORE, GRAPH_APP, ROLES, Settings, SettingsError, required_groups
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -76,8 +78,6 @@ def _with_redis(settings: Settings, job: Callable[[aioredis.Redis], Awaitable[in
 
 
 def _add_serve(sub: Subparsers) -> None:
-    from service.runtime import ROLES
-
     parser = sub.add_parser(
         "serve",
         help="run the bridge (all roles, or one of web, worker, scheduler)",
@@ -107,12 +107,21 @@ def _add_serve(sub: Subparsers) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from service.runtime import required_groups
-
     if (args.tls_cert is None) != (args.tls_key is None):
         print("presence-bridge: --tls-cert and --tls-key go together", file=sys.stderr)
         return EXIT_USAGE
+    if args.tls_cert is not None:
+        try:  # a missing file or a key that does not fit is a usage error, not a traceback later
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(args.tls_cert, args.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            print(f"presence-bridge: cannot use --tls-cert/--tls-key: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_USAGE
     settings = _settings(required_groups(args.role))
+    if args.role in ("all", "web"):
+        problem = _cannot_listen(args.host, args.port)
+        if problem:
+            print(f"presence-bridge: cannot listen on {args.host}:{args.port}: {problem}", file=sys.stderr)
+            return EXIT_FAILURE
     configure_logging(settings.log_level)
     embedded: EmbeddedValkey | None = None
     redis_url = settings.redis_url
@@ -129,10 +138,29 @@ def _run_serve(args: argparse.Namespace) -> int:
         redis_url = embedded.url
     try:
         asyncio.run(_serve(settings, redis_url, args))
+    except SystemExit as exc:
+        # uvicorn exits this way when it cannot start (e.g. the port was taken meanwhile).
+        print(
+            f"presence-bridge: the web tier could not start (exit {exc.code}); see the log above",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     finally:
         if embedded is not None:
             embedded.stop()
     return EXIT_OK
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why the web tier could not bind ``host:port``, found out before anything starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
 
 
 async def _serve(settings: Settings, redis_url: str, args: argparse.Namespace) -> None:
@@ -176,7 +204,7 @@ def _add_sandbox(sub: Subparsers) -> None:
         description="Serve Entra ID and Graph presence over TLS from a throwaway CA (docs/sandbox-graph.md).",
     )
     graph.add_arguments(graph_parser)
-    graph_parser.set_defaults(handler=graph.run)
+    graph_parser.set_defaults(handler=_run_graph_sandbox)
     starface_parser = which.add_parser(
         "starface",
         help="STARFACE PBX stand-in: REST, UCI, callbacks (docs/sandbox-starface.md)",
@@ -184,6 +212,15 @@ def _add_sandbox(sub: Subparsers) -> None:
     )
     starface.add_arguments(starface_parser)
     starface_parser.set_defaults(handler=starface.run)
+
+
+def _run_graph_sandbox(args: argparse.Namespace) -> int:
+    from service.sandbox import graph
+
+    # It serves from a thread and stops cleanly on KeyboardInterrupt; SIGTERM (docker stop,
+    # systemd, kill) would otherwise end the process with -15 without stopping the server.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    return graph.run(args)
 
 
 # -- Graph service accounts --------------------------------------------------------------------

@@ -31,7 +31,7 @@ from service.queue import StreamConsumer
 from service.reconciler import Reconciler
 from service.schedule import Schedule
 from service.sessions import SessionManager
-from service.settings import CORE, GRAPH_APP, STARFACE, Settings
+from service.settings import Settings
 from service.starface import RestClient, open_http
 from service.storage import connect_worker
 from service.teams import GraphTeams
@@ -45,13 +45,7 @@ from subscriptions.users import Resolution
 
 log = logging.getLogger(__name__)
 
-ROLES = ("all", "web", "worker", "scheduler")
 HEARTBEAT_SECONDS = 10.0
-
-
-def required_groups(role: str) -> list[str]:
-    """Settings groups a role needs: the web tier alone talks to neither STARFACE nor Graph."""
-    return [CORE] if role == "web" else [CORE, GRAPH_APP, STARFACE]
 
 
 @dataclass

@@ -20,6 +20,15 @@ GRAPH_APP = "graph_app"
 STARFACE = "starface"
 
 
+# What ``serve --role`` accepts.
+ROLES = ("all", "web", "worker", "scheduler")
+
+
+def required_groups(role: str) -> list[str]:
+    """Settings groups a role needs: the web tier alone talks to neither STARFACE nor Graph."""
+    return [CORE] if role == "web" else [CORE, GRAPH_APP, STARFACE]
+
+
 class SettingsError(Exception):
     """The configuration cannot be used; ``problems`` names every bad or missing key."""
 

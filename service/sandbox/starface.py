@@ -226,7 +226,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8443, help="PBX port (default 8443)")
     parser.add_argument(
-        "--control-port", type=int, default=None, help="control API port (default: PBX port + 1)"
+        "--control-port",
+        type=int,
+        default=None,
+        help="control API port (default: PBX port + 1, or a free port with --port 0)",
     )
     parser.add_argument(
         "--tls",
@@ -288,7 +291,9 @@ async def _serve(args: argparse.Namespace) -> None:
         state_dir=args.state_dir,
         host=args.host,
         port=args.port,
-        control_port=args.port + 1 if args.control_port is None else args.control_port,
+        control_port=(0 if args.port == 0 else args.port + 1)
+        if args.control_port is None
+        else args.control_port,
         tls=args.tls,
         namespace=args.namespace,
         control_token=args.control_token,
@@ -296,6 +301,11 @@ async def _serve(args: argparse.Namespace) -> None:
         session_timeout=args.session_timeout,
         callback_ca_file=args.callback_ca_file,
     )
+    # Handle SIGTERM before saying we are ready: a caller may stop us the moment it reads the URLs.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
     sandbox = StarfaceSandbox(options)
     seeded = _seed(sandbox.pbx, args)
     users_file = _write_secret(options.state_dir / "users.json", json.dumps(seeded, indent=2))
@@ -312,10 +322,6 @@ async def _serve(args: argparse.Namespace) -> None:
         "Ctrl-C stops it.",
     ]
     print("\n".join(lines), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError):
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
     try:
         await stop.wait()
     finally:

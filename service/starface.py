@@ -70,9 +70,15 @@ async def send(
     started = time.monotonic()
     try:
         async with http.request(method, url, **kwargs) as response:
-            body = await response.content.read(max_bytes + 1)
-            if len(body) > max_bytes:
-                raise StarfaceUnavailable(f"{what}: answer larger than {max_bytes} bytes")
+            # read(n) returns what has arrived so far, not n bytes: read to the end, bounded.
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.content.iter_chunked(65536):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise StarfaceUnavailable(f"{what}: answer larger than {max_bytes} bytes")
+                chunks.append(chunk)
+            body = b"".join(chunks)
             if response.status >= 500:
                 metrics.STARFACE_CALL_ERRORS.labels(label).inc()
             return response.status, body

@@ -260,3 +260,14 @@ def test_find_group_by_id_exact_name_or_single_case_blind_match() -> None:
 def test_rest_client_refuses_oauth_without_client_secret() -> None:
     with pytest.raises(ValueError, match="client secret"):
         RestClient(None, "https://pbx", "1", "pw", auth="oauth")  # type: ignore[arg-type]
+
+
+async def test_a_large_directory_answer_is_read_whole(
+    pbx: StarfaceSandboxHandle, http: aiohttp.ClientSession
+) -> None:
+    # Over TLS an answer arrives in pieces; reading it must not stop at the first ones.
+    for index in range(70):
+        pbx.add_user(f"2{index:03d}", "pw", email=f"u{index}@example.com", first_name="N" * 3000)
+    users = await RestClient(http, pbx.base_url, ADMIN, ADMIN_PW).users()
+    assert len(users) == 73
+    assert all(u.first_name == "N" * 3000 for u in users if u.login.startswith("2"))

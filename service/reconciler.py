@@ -16,6 +16,7 @@ Busy for long.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -161,6 +162,7 @@ class Reconciler:
         self.identity = IdentityStore(redis)
         self.schedule = Schedule(redis, hold_seconds=hold_seconds)
         self.decisions = DecisionLog(redis)
+        self.concurrency = concurrency
         self._limit = asyncio.Semaphore(concurrency)
         self.reconciled = 0
 
@@ -234,21 +236,41 @@ class Reconciler:
             total += handled
         return total
 
-    async def run(self, stopping: Callable[[], bool], idle_seconds: float = 0.1) -> None:
-        while not stopping():
-            try:
-                handled = await self.run_due()
-            except (OSError, aioredis.RedisError) as exc:
-                log.warning("reconciler: storage unavailable (%s); retrying", type(exc).__name__)
-                handled = 0
-                await asyncio.sleep(1.0)
-            if not handled:
-                await asyncio.sleep(idle_seconds)
+    async def run(self, stopping: Callable[[], bool], idle_seconds: float = 0.05) -> None:
+        """Production loop: a pool of ``concurrency`` users in flight, refilled as each one ends.
 
-    async def _reconcile_claimed(self, user_id: str) -> None:
+        A slow STARFACE answer for one user holds only that user's slot; the others keep going.
+        """
+        inflight: set[asyncio.Task[None]] = set()
+        try:
+            while not stopping():
+                free = self.concurrency - len(inflight)
+                claimed: list[str] = []
+                if free > 0:
+                    try:
+                        claimed = await self.schedule.claim(self.clock(), free)
+                    except (OSError, aioredis.RedisError) as exc:
+                        log.warning("reconciler: storage unavailable (%s); retrying", type(exc).__name__)
+                        await asyncio.sleep(1.0)
+                for user_id in claimed:
+                    task = asyncio.create_task(self._reconcile_claimed(user_id, limited=False))
+                    inflight.add(task)
+                    task.add_done_callback(inflight.discard)
+                if not claimed:
+                    if inflight:
+                        await asyncio.wait(
+                            inflight, timeout=idle_seconds, return_when=asyncio.FIRST_COMPLETED
+                        )
+                    else:
+                        await asyncio.sleep(idle_seconds)
+        finally:
+            # Finish what was claimed: a released user is due again, an abandoned one waits a hold.
+            await asyncio.gather(*inflight, return_exceptions=True)
+
+    async def _reconcile_claimed(self, user_id: str, *, limited: bool = True) -> None:
         next_due: float | None = self.clock() + 5.0
         try:
-            async with self._limit:
+            async with self._limit if limited else contextlib.nullcontext():
                 with metrics.RECONCILE_SECONDS.time():
                     next_due = await self.reconcile(user_id)
         except Exception:
@@ -319,18 +341,19 @@ class Reconciler:
                     {"applied_text": text},
                 )
             )
-        for action, call, update in changes:
-            try:
-                await call()
-            except (CredentialsMissing, CredentialsUnreadable, LoginRefused) as exc:
+        # DND and text are independent writes: sending them together halves the wait on the PBX.
+        results = await asyncio.gather(*(call() for _, call, _ in changes), return_exceptions=True)
+        for (action, _, update), result in zip(changes, results, strict=True):
+            if isinstance(result, (CredentialsMissing, CredentialsUnreadable, LoginRefused)):
                 outcome.slow_retry = True
-                outcome.failed(action, exc)
-                return
-            except GatewayError as exc:
-                outcome.failed(action, exc)
-                return
-            outcome.updates.update(update)
-            outcome.done(action, "ok", self.clock())
+                outcome.failed(action, result)
+            elif isinstance(result, GatewayError):
+                outcome.failed(action, result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                outcome.updates.update(update)
+                outcome.done(action, "ok", self.clock())
 
     async def _apply_teams(
         self, user_id: str, decision: Decision, bridge: BridgeRecord, outcome: _Outcome

@@ -131,6 +131,7 @@ class Runtime:
             groups=groups,
             clock=self.clock.now,
             presence_seconds=settings.teams_presence_minutes * 60,
+            concurrency=settings.reconcile_concurrency,
         )
         worker = PresenceWorker(redis, settings, listeners=[self.reconciler.on_presence])
         calls = StreamConsumer(

@@ -232,6 +232,14 @@ FIELDS: tuple[Field, ...] = (
         "Idle time after which a dead consumer's pending entries are reclaimed",
     ),
     Field("WORKER_BATCH", "worker_batch", _positive_int, 100, None, "Stream entries read per worker round"),
+    Field(
+        "RECONCILE_CONCURRENCY",
+        "reconcile_concurrency",
+        _positive_int,
+        100,
+        None,
+        "Users one worker process reconciles at the same time (each waits on STARFACE or Graph)",
+    ),
     Field("LOG_LEVEL", "log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", None, "Log level"),
     Field(
         "STARFACE_BASE_URL",
@@ -388,6 +396,7 @@ class Settings:
     worker_max_deliveries: int = 5
     worker_claim_idle_ms: int = 60_000
     worker_batch: int = 100
+    reconcile_concurrency: int = 100
     log_level: str = "INFO"
     starface_base_url: str | None = None
     starface_admin_login: str | None = None

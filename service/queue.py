@@ -8,6 +8,7 @@ new ones.  An entry is acknowledged only after its handler stored the result; an
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from service import keys
 from service.presence import PresenceChange
@@ -149,7 +150,12 @@ class StreamConsumer:
     async def run_forever(self, stopping: Callable[[], bool]) -> None:
         await self.ensure_group()
         while not stopping():
-            await self.run_once(block=True)
+            try:
+                await self.run_once(block=True)
+            except (RedisError, OSError) as exc:
+                # Redis restarting or overloaded: what was read stays pending and is read again.
+                log.warning("stream %s: Redis unavailable (%s); retrying", self.stream, type(exc).__name__)
+                await asyncio.sleep(1.0)
 
     async def _read(self, start: str, block_ms: int | None = None) -> list[Entry]:
         reply: Any = await self.redis.xreadgroup(

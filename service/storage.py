@@ -23,12 +23,20 @@ def connect_web(url: str) -> aioredis.Redis:
     )
 
 
-def connect_worker(url: str, *, block_ms: int = 1000) -> aioredis.Redis:
-    """For workers and the scheduler: patient retries; the socket timeout stays above XREADGROUP's block."""
-    return aioredis.Redis.from_url(
+def connect_worker(url: str, *, block_ms: int = 1000, max_connections: int = 512) -> aioredis.Redis:
+    """For workers and the scheduler: patient retries; the socket timeout stays above XREADGROUP's block.
+
+    One worker process shares this client between its reconcile pool, the UCI sessions and the
+    blocking stream reads.  The pool waits for a free connection instead of failing when all are
+    busy: a burst must slow the worker down, never crash it.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=30,
         socket_timeout=max(5.0, block_ms / 1000 + 5.0),
         socket_connect_timeout=2.0,
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), 3),
         health_check_interval=30,
     )
+    return aioredis.Redis(connection_pool=pool)

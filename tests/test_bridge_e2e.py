@@ -67,10 +67,10 @@ async def test_starface_call_shows_busy_in_teams_and_hang_up_clears(
     # Graph reports the bridge's own session back; it must never become STARFACE DND.
     await asyncio.sleep(1.5)
     assert await world.starface_state(ben) == (False, "Verfügbar")
-    assert True not in await dnd_history(world, ben)
+    assert not any(await dnd_history(world, ben))  # DND was never switched on
     await world.hang_up(call)
     await world.expect_teams(ben, "Available/Available")
-    assert True not in await dnd_history(world, ben)
+    assert not any(await dnd_history(world, ben))  # DND was never switched on
 
 
 async def test_a_call_longer_than_the_presence_lifetime_stays_busy(world_factory: Callable[..., Any]) -> None:

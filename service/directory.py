@@ -249,6 +249,11 @@ class DirectoryStore:
         raw = await self.redis.hget(keys.STARFACE_DIRECTORY, login)
         return None if raw is None else DirectoryUser.from_json(raw)
 
+    async def groups(self, login: str) -> frozenset[str]:
+        """Names and ids of the groups of ``login``; they pick the mapping's group overrides."""
+        user = await self.by_login(login)
+        return frozenset(user.groups) if user else frozenset()
+
     async def by_email(self, email: str) -> DirectoryUser | None:
         login = await self.redis.hget(keys.STARFACE_DIRECTORY_EMAILS, email_key(email))
         return None if login is None else await self.by_login(_text(login))

@@ -94,15 +94,10 @@ async def preview(redis: aioredis.Redis, mapping: Mapping, *, now: float | None 
     """What the mapping would change for every linked user now, without applying anything."""
     now = time.time() if now is None else now
     directory = DirectoryStore(redis)
-
-    async def groups(login: str) -> frozenset[str]:
-        user = await directory.by_login(login)
-        return frozenset(user.groups) if user else frozenset()
-
     lines = []
     links = await IdentityStore(redis).all()
     for user_id, login in sorted(links.items(), key=lambda item: item[1]):
-        inputs = await gather_inputs(redis, user_id, now, groups=groups, prune=False)
+        inputs = await gather_inputs(redis, user_id, now, groups=directory.groups, prune=False)
         decision = decide(inputs.user, mapping, now=now)
         bridge = inputs.bridge
         changes = []

@@ -157,7 +157,6 @@ class Reconciler:
         # Re-send well before expiry: a slow Graph answer must not let the session lapse.
         self.refresh_margin = max(60.0, presence_seconds * 0.4)
         self.call_max_seconds = call_max_seconds
-        self.observed = ObservedStore(redis)
         self.state = UserStateStore(redis)
         self.identity = IdentityStore(redis)
         self.schedule = Schedule(redis, hold_seconds=hold_seconds)

@@ -119,16 +119,12 @@ class Runtime:
         self._closers.append(graph.close)
         directory = DirectoryStore(redis)
 
-        async def groups(login: str) -> frozenset[str]:
-            user = await directory.by_login(login)
-            return frozenset(user.groups) if user else frozenset()
-
         self.reconciler = Reconciler(
             redis,
             mapping=mapping,
             starface=sessions,
             teams=GraphTeams(graph, tokens.app_token, settings.client_id),
-            groups=groups,
+            groups=directory.groups,
             clock=self.clock.now,
             presence_seconds=settings.teams_presence_minutes * 60,
             concurrency=settings.reconcile_concurrency,

@@ -22,6 +22,7 @@ from cryptography.x509.oid import NameOID
 
 from service import keys
 from service.secretbox import SecretBox
+from service.storage import decoded
 
 # Sets the new certificate current only if none is current (first use) or if the caller saw the
 # same current id (rotation), so two replicas racing never leave an orphan as current.
@@ -115,7 +116,7 @@ class CertificateStore:
 
     async def current_id(self) -> str | None:
         raw = await self.redis.get(keys.CURRENT_CERTIFICATE)
-        return None if raw is None else _text(raw)
+        return None if raw is None else decoded(raw)
 
     async def current(self) -> EncryptionCertificate:
         """The certificate new subscriptions use; created on first use, once across replicas."""
@@ -135,7 +136,7 @@ class CertificateStore:
         winner = await self.redis.eval(
             _INSTALL, 2, keys.CERTIFICATES, keys.CURRENT_CERTIFICATE, cert.id, self._seal(cert), expected
         )
-        winner_id = _text(winner)
+        winner_id = decoded(winner)
         if winner_id == cert.id:
             self._cache[cert.id] = cert
             return cert
@@ -145,7 +146,7 @@ class CertificateStore:
         return found
 
     async def ids(self) -> list[str]:
-        return sorted(_text(k) for k in await self.redis.hkeys(keys.CERTIFICATES))
+        return sorted(decoded(k) for k in await self.redis.hkeys(keys.CERTIFICATES))
 
     async def remove(self, certificate_id: str) -> None:
         """Forget a retired certificate; refuses the current one."""
@@ -157,7 +158,3 @@ class CertificateStore:
 
 def _bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -28,6 +28,7 @@ from service import keys
 from service.gateway import GatewayError
 from service.settings import Settings
 from service.starface import RestClient, StarfaceUser, find_group
+from service.storage import decoded
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +244,7 @@ class DirectoryStore:
         return sorted((DirectoryUser.from_json(v) for v in raw), key=lambda u: u.login)
 
     async def logins(self) -> list[str]:
-        return sorted(_text(k) for k in await self.redis.hkeys(keys.STARFACE_DIRECTORY))
+        return sorted(decoded(k) for k in await self.redis.hkeys(keys.STARFACE_DIRECTORY))
 
     async def by_login(self, login: str) -> DirectoryUser | None:
         raw = await self.redis.hget(keys.STARFACE_DIRECTORY, login)
@@ -256,11 +257,11 @@ class DirectoryStore:
 
     async def by_email(self, email: str) -> DirectoryUser | None:
         login = await self.redis.hget(keys.STARFACE_DIRECTORY_EMAILS, email_key(email))
-        return None if login is None else await self.by_login(_text(login))
+        return None if login is None else await self.by_login(decoded(login))
 
     async def emails(self) -> list[str]:
         """Lower-cased e-mails of the selected users: what the subscriptions watch in Entra."""
-        return sorted(_text(k) for k in await self.redis.hkeys(keys.STARFACE_DIRECTORY_EMAILS))
+        return sorted(decoded(k) for k in await self.redis.hkeys(keys.STARFACE_DIRECTORY_EMAILS))
 
     async def version(self) -> int:
         raw = await self.redis.hget(keys.STARFACE_DIRECTORY_META, "version")
@@ -278,7 +279,8 @@ class DirectoryStore:
 
     async def status(self) -> DirectoryStatus:
         meta = {
-            _text(k): _text(v) for k, v in (await self.redis.hgetall(keys.STARFACE_DIRECTORY_META)).items()
+            decoded(k): decoded(v)
+            for k, v in (await self.redis.hgetall(keys.STARFACE_DIRECTORY_META)).items()
         }
         count = await self.redis.hlen(keys.STARFACE_DIRECTORY)
         return DirectoryStatus(
@@ -289,10 +291,6 @@ class DirectoryStore:
             last_error=meta.get("last_error") or None,
             last_error_at=float(meta["last_error_at"]) if meta.get("last_error_at") else None,
         )
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def refresh(

@@ -12,10 +12,7 @@ import redis.asyncio as aioredis
 
 from service import keys
 from service.directory import DirectoryStore
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+from service.storage import decoded
 
 
 class IdentityStore:
@@ -35,16 +32,16 @@ class IdentityStore:
 
     async def login_for(self, user_id: str) -> str | None:
         raw = await self.redis.hget(keys.IDENTITY_LOGIN_BY_USER, user_id)
-        return None if raw is None else _text(raw)
+        return None if raw is None else decoded(raw)
 
     async def user_for(self, login: str) -> str | None:
         raw = await self.redis.hget(keys.IDENTITY_USER_BY_LOGIN, login)
-        return None if raw is None else _text(raw)
+        return None if raw is None else decoded(raw)
 
     async def all(self) -> dict[str, str]:
         """Entra user id -> login ID."""
         raw = await self.redis.hgetall(keys.IDENTITY_LOGIN_BY_USER)
-        return {_text(k): _text(v) for k, v in raw.items()}
+        return {decoded(k): decoded(v) for k, v in raw.items()}
 
 
 async def link_resolved(redis: aioredis.Redis, ids_by_email: Mapping[str, str]) -> list[str]:

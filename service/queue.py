@@ -24,6 +24,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from service import keys
 from service.presence import PresenceChange
+from service.storage import decoded
 
 log = logging.getLogger(__name__)
 
@@ -165,9 +166,9 @@ class StreamConsumer:
             return []
         raw = reply[0][1]
         if start == ">":
-            return [Entry(_id(i), _decode(f), 1) for i, f in raw]
+            return [Entry(decoded(i), _decode(f), 1) for i, f in raw]
         # Own pending entries: the delivery counter was raised by this very read.
-        return await self._with_counts([(_id(i), f) for i, f in raw if f])
+        return await self._with_counts([(decoded(i), f) for i, f in raw if f])
 
     async def _claim(self) -> list[Entry]:
         reply: Any = await self.redis.xautoclaim(
@@ -180,13 +181,13 @@ class StreamConsumer:
         )
         claimed = reply[1]
         # Entries trimmed from the stream while pending come back as ids without fields (Redis >= 7).
-        deleted = [_id(i) for i in reply[2]] if len(reply) > 2 else []
+        deleted = [decoded(i) for i in reply[2]] if len(reply) > 2 else []
         if deleted:
             await self.redis.xack(self.stream, self.group, *deleted)
             log.warning(
                 "stream %s: %d pending entries were trimmed before handling", self.stream, len(deleted)
             )
-        entries = await self._with_counts([(_id(i), f) for i, f in claimed if f])
+        entries = await self._with_counts([(decoded(i), f) for i, f in claimed if f])
         self.reclaimed += len(entries)
         return entries
 
@@ -198,7 +199,7 @@ class StreamConsumer:
             self.stream, self.group, raw[0][0], raw[-1][0], len(raw) * 2
         )
         for item in pending:
-            counts[_id(item["message_id"])] = int(item["times_delivered"])
+            counts[decoded(item["message_id"])] = int(item["times_delivered"])
         return [Entry(i, _decode(f), counts.get(i, 1)) for i, f in raw]
 
     async def _process(self, entries: list[Entry]) -> None:
@@ -237,7 +238,3 @@ class StreamConsumer:
                 entry.deliveries,
                 failures[entry.id][:200],
             )
-
-
-def _id(raw: Any) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)

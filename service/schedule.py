@@ -11,6 +11,7 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 
 from service import keys
+from service.storage import decoded
 
 # KEYS: due, inflight. ARGV: now, deadline, limit. Returns the claimed user ids.
 _CLAIM = """
@@ -44,10 +45,6 @@ return 1
 """
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class Schedule:
     def __init__(self, redis: aioredis.Redis, *, hold_seconds: float = 60.0) -> None:
         self.redis = redis
@@ -70,7 +67,7 @@ class Schedule:
             keys=[keys.RECONCILE_DUE, keys.RECONCILE_INFLIGHT],
             args=[repr(now), repr(now + self.hold_seconds), limit],
         )
-        return [_text(u) for u in raw]
+        return [decoded(u) for u in raw]
 
     async def release(self, user_id: str, next_due: float | None) -> None:
         await self._release(
@@ -82,7 +79,7 @@ class Schedule:
         raw: list[tuple[bytes, float]] = await self.redis.zrange(  # type: ignore[assignment]
             keys.RECONCILE_DUE, 0, -1, withscores=True
         )
-        return {_text(u): float(s) for u, s in raw}
+        return {decoded(u): float(s) for u, s in raw}
 
     async def next_due_at(self) -> float | None:
         raw = await self.redis.zrange(keys.RECONCILE_DUE, 0, 0, withscores=True)

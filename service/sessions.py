@@ -50,6 +50,7 @@ from service.gateway import (
 from service.secretbox import SealError, SecretBox
 from service.settings import Settings
 from service.starface import OAuthPasswordGrant
+from service.storage import decoded
 from service.uci import CallbackTarget, JwtUciAuth, LegacyUciAuth, UciAuth, UciClient
 
 log = logging.getLogger(__name__)
@@ -89,10 +90,6 @@ return done
 
 def _ms(seconds: float) -> int:
     return int(seconds * 1000)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True)
@@ -188,8 +185,8 @@ class SessionManager:
         """Make the schedule hold exactly ``logins``: new ones due now, gone ones queued for logout."""
         wanted = set(logins)
         now = self.clock() if now is None else now
-        scheduled = {_text(m) for m in await self.redis.zrange(keys.UCI_DUE, 0, -1)}
-        known = scheduled | {_text(k) for k in await self.redis.hkeys(keys.UCI_SESSIONS)}
+        scheduled = {decoded(m) for m in await self.redis.zrange(keys.UCI_DUE, 0, -1)}
+        known = scheduled | {decoded(k) for k in await self.redis.hkeys(keys.UCI_SESSIONS)}
         added = sorted(wanted - scheduled)
         removed = sorted(known - wanted)
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -234,7 +231,7 @@ class SessionManager:
         """Atomically take up to ``batch`` logins due at ``now``, leasing them to this replica."""
         lease = _ms(now + self.lease)
         raw = await self._claim(keys=[keys.UCI_DUE], args=[_ms(now), self.batch, lease])
-        return Claim(lease, tuple(_text(x) for x in raw))
+        return Claim(lease, tuple(decoded(x) for x in raw))
 
     async def complete(self, claim: Claim, next_due: dict[str, float]) -> int:
         """Schedule each claimed login's next work, unless it was removed or woken meanwhile."""
@@ -280,7 +277,7 @@ class SessionManager:
     async def _process_leaving(self, report: PassReport) -> None:
         while True:
             popped = await self.redis.spop(keys.UCI_LEAVING, self.batch)
-            leavers = [_text(x) for x in popped or ()]
+            leavers = [decoded(x) for x in popped or ()]
             if not leavers:
                 return
             await asyncio.gather(*(self._limited(self._leave(login)) for login in leavers))
@@ -307,7 +304,7 @@ class SessionManager:
         if digest is None:
             # The sealed token was unreadable: find the lookup entry by its value instead.
             async for field_name, value in self.redis.hscan_iter(keys.UCI_CALLBACK_TOKENS):
-                if _text(value) == login:
+                if decoded(value) == login:
                     await self.redis.hdel(keys.UCI_CALLBACK_TOKENS, field_name)
 
     # -- one user's session ---------------------------------------------------------------------

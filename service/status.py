@@ -19,6 +19,7 @@ from service import keys
 from service.directory import DirectoryStore
 from service.sessions import SessionStatus
 from service.settings import Settings
+from service.storage import decoded
 from subscriptions.scheduler import status as subscription_status
 
 # Streams and the consumer groups that read them.
@@ -27,10 +28,6 @@ STREAMS = (
     ("call events", keys.CALL_STREAM, keys.CALL_GROUP),
     ("lifecycle", keys.LIFECYCLE_STREAM, keys.LIFECYCLE_GROUP),
 )
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _entry_time(entry_id: str) -> float:
@@ -45,14 +42,14 @@ async def _stream(redis: aioredis.Redis, stream: str, group: str, now: float) ->
     except ResponseError:
         return result  # no stream yet
     for info in groups:
-        if _text(info.get("name")) != group:
+        if decoded(info.get("name")) != group:
             continue
         result["pending"] = int(info.get("pending") or 0)
         result["lag"] = int(info.get("lag") or 0)
         if result["pending"]:
             first: Any = await redis.xpending_range(stream, group, "-", "+", 1)
             if first:
-                result["oldest_pending_age"] = round(now - _entry_time(_text(first[0]["message_id"])), 1)
+                result["oldest_pending_age"] = round(now - _entry_time(decoded(first[0]["message_id"])), 1)
     return result
 
 
@@ -64,11 +61,15 @@ async def collect(redis: aioredis.Redis, settings: Settings, *, now: float | Non
     report["dead_letters"] = int(await redis.xlen(keys.DEAD_LETTER_STREAM))
     last_dead: Any = await redis.xrevrange(keys.DEAD_LETTER_STREAM, count=3)
     report["last_dead_letters"] = [
-        {_text(k): _text(v) for k, v in fields.items() if _text(k) in ("stream", "reason", "deliveries")}
+        {
+            decoded(k): decoded(v)
+            for k, v in fields.items()
+            if decoded(k) in ("stream", "reason", "deliveries")
+        }
         for _, fields in last_dead
     ]
     dropped = await redis.hgetall(keys.DROPPED_COUNTS)
-    report["dropped_notifications"] = {_text(k): int(v) for k, v in dropped.items()}
+    report["dropped_notifications"] = {decoded(k): int(v) for k, v in dropped.items()}
     sessions = [SessionStatus.from_json(v) for v in (await redis.hgetall(keys.UCI_SESSIONS)).values()]
     known = [s for s in sessions if s is not None]
     report["starface_sessions"] = {
@@ -81,12 +82,12 @@ async def collect(redis: aioredis.Redis, settings: Settings, *, now: float | Non
 
 
 async def _failing_users(redis: aioredis.Redis, limit: int = 20) -> list[str]:
-    logins = {_text(k): _text(v) for k, v in (await redis.hgetall(keys.IDENTITY_LOGIN_BY_USER)).items()}
+    logins = {decoded(k): decoded(v) for k, v in (await redis.hgetall(keys.IDENTITY_LOGIN_BY_USER)).items()}
     failing = []
     for user_id, login in sorted(logins.items(), key=lambda item: item[1]):
         error = await redis.hget(keys.user_bridge(user_id), "last_error")
         if error:
-            failing.append(f"login {login}: {_text(error)}")
+            failing.append(f"login {login}: {decoded(error)}")
             if len(failing) >= limit:
                 break
     return failing

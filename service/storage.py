@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
@@ -40,3 +42,8 @@ def connect_worker(url: str, *, block_ms: int = 1000, max_connections: int = 512
         health_check_interval=30,
     )
     return aioredis.Redis(connection_pool=pool)
+
+
+def decoded(value: Any) -> str:
+    """A Redis reply value as text: the clients here return bytes, but a str passes through."""
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -13,7 +13,6 @@ For each bridged user (keyed by Entra id, so all keys share one hash slot):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -21,6 +20,7 @@ from service import keys
 from service.calls import CallEvent
 from service.mapping import TeamsPresence
 from service.observed import SEQUENCE_COMPARE_LUA
+from service.storage import decoded
 
 ENDED_CALL_MEMORY_SECONDS = 86_400
 
@@ -97,10 +97,6 @@ class BridgeRecord:
     last_error: str | None = None
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _float(value: str | None) -> float | None:
     return float(value) if value else None
 
@@ -149,8 +145,8 @@ class UserStateStore:
         raw = await self.redis.hgetall(keys.user_calls(user_id))
         calls = []
         for call_id, value in raw.items():
-            state, _, first_seen = _text(value).partition("|")
-            calls.append(Call(_text(call_id), state, float(first_seen or 0)))
+            state, _, first_seen = decoded(value).partition("|")
+            calls.append(Call(decoded(call_id), state, float(first_seen or 0)))
         return sorted(calls, key=lambda c: (c.first_seen, c.call_id))
 
     async def forget_calls(self, user_id: str, call_ids: list[str], ended_at: float) -> None:
@@ -166,7 +162,7 @@ class UserStateStore:
 
     async def bridge(self, user_id: str) -> BridgeRecord:
         raw = await self.redis.hgetall(keys.user_bridge(user_id))
-        data = {_text(k): _text(v) for k, v in raw.items()}
+        data = {decoded(k): decoded(v) for k, v in raw.items()}
         dnd = data.get("applied_dnd")
         return BridgeRecord(
             session=_presence(data.get("session")),

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 
 from service import keys
 from service.secretbox import SecretBox
+from service.storage import decoded
 from subscriptions import metrics
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,6 @@ class AccountHealth:
     @property
     def healthy(self) -> bool:
         return self.state is AccountState.OK
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class ServiceAccounts:
@@ -100,7 +97,7 @@ class ServiceAccounts:
         raw = await self.redis.hget(keys.ACCOUNT_STATUS, account.lower())
         if raw is None:
             return None
-        data = json.loads(_text(raw))
+        data = json.loads(decoded(raw))
         return AccountHealth(
             account.lower(), AccountState(data["state"]), str(data["reason"]), float(data["since"])
         )

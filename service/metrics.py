@@ -86,17 +86,22 @@ def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
 
 
 async def refresh_gauges(redis: aioredis.Redis, settings: Settings) -> None:
-    """Update the gauges that describe Redis; called every few seconds by the runtime."""
-    from service.status import collect
+    """Update the gauges that describe Redis; called every few seconds by the runtime.
 
-    report = await collect(redis, settings)
-    for name, info in report["streams"].items():
+    Only what the gauges show is read: the full ``status`` report also walks every bridged user.
+    """
+    from service import keys
+    from service.status import streams
+    from subscriptions.scheduler import status as subscription_status
+
+    now = time.time()
+    for name, info in (await streams(redis, now)).items():
         STREAM_LENGTH.labels(name).set(info["length"])
         STREAM_LAG.labels(name).set(info["lag"])
         STREAM_PENDING.labels(name).set(info["pending"])
-    DEAD_LETTERS.set(report["dead_letters"])
-    now = time.time()
-    for account, info in report["subscriptions"]["accounts"].items():
+    DEAD_LETTERS.set(int(await redis.xlen(keys.DEAD_LETTER_STREAM)))
+    accounts = (await subscription_status(redis, settings.graph_service_accounts))["accounts"]
+    for account, info in accounts.items():
         sub = info["subscription"]
         if sub and sub.get("expires_at"):
             SUBSCRIPTION_EXPIRES_IN.labels(account).set(float(sub["expires_at"]) - now)

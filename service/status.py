@@ -53,11 +53,16 @@ async def _stream(redis: aioredis.Redis, stream: str, group: str, now: float) ->
     return result
 
 
+async def streams(redis: aioredis.Redis, now: float) -> dict[str, dict[str, Any]]:
+    """Depth, lag, work in progress and oldest pending age of every stream the bridge reads."""
+    return {name: await _stream(redis, key, group, now) for name, key, group in STREAMS}
+
+
 async def collect(redis: aioredis.Redis, settings: Settings, *, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     report: dict[str, Any] = {"at": now}
     report["subscriptions"] = await subscription_status(redis, settings.graph_service_accounts)
-    report["streams"] = {name: await _stream(redis, key, group, now) for name, key, group in STREAMS}
+    report["streams"] = await streams(redis, now)
     report["dead_letters"] = int(await redis.xlen(keys.DEAD_LETTER_STREAM))
     last_dead: Any = await redis.xrevrange(keys.DEAD_LETTER_STREAM, count=3)
     report["last_dead_letters"] = [
@@ -83,14 +88,16 @@ async def collect(redis: aioredis.Redis, settings: Settings, *, now: float | Non
 
 async def _failing_users(redis: aioredis.Redis, limit: int = 20) -> list[str]:
     logins = {decoded(k): decoded(v) for k, v in (await redis.hgetall(keys.IDENTITY_LOGIN_BY_USER)).items()}
-    failing = []
-    for user_id, login in sorted(logins.items(), key=lambda item: item[1]):
-        error = await redis.hget(keys.user_bridge(user_id), "last_error")
-        if error:
-            failing.append(f"login {login}: {decoded(error)}")
-            if len(failing) >= limit:
-                break
-    return failing
+    ordered = sorted(logins.items(), key=lambda item: item[1])
+    # One round trip for every user's last error, however many users are bridged.
+    async with redis.pipeline(transaction=False) as pipe:
+        for user_id, _ in ordered:
+            pipe.hget(keys.user_bridge(user_id), "last_error")
+        errors = await pipe.execute()
+    failing = [
+        f"login {login}: {decoded(error)}" for (_, login), error in zip(ordered, errors, strict=True) if error
+    ]
+    return failing[:limit]
 
 
 def _when(epoch: Any, now: float) -> str:

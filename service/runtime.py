@@ -22,23 +22,25 @@ import aiohttp
 import redis.asyncio as aioredis
 import uvicorn
 
-from service import callback, keys, metrics
-from service.app import Server, create_app
-from service.directory import DirectoryStore
-from service.identity import link_resolved
-from service.mapping import Mapping, load_mapping
-from service.queue import StreamConsumer
-from service.reconciler import Reconciler
-from service.schedule import Schedule
-from service.sessions import SessionManager
-from service.settings import Settings
-from service.starface import RestClient, open_http
-from service.storage import connect_worker
-from service.teams import GraphTeams
-from service.tls import client_context
-from service.worker import PresenceWorker
-from subscriptions.clock import Clock, SystemClock
-from subscriptions.graph import GraphClient
+from service.bridge.due import Schedule
+from service.bridge.identity import link_resolved
+from service.bridge.mapping import Mapping, load_mapping
+from service.bridge.reconciler import Reconciler
+from service.bridge.streams import StreamConsumer
+from service.bridge.worker import PresenceWorker
+from service.core import keys
+from service.core.clock import Clock, SystemClock
+from service.core.settings import Settings
+from service.core.storage import connect_worker
+from service.core.tls import client_context
+from service.graph.client import GraphClient
+from service.graph.teams import GraphTeams
+from service.ops import gauges
+from service.starface.directory import DirectoryStore
+from service.starface.rest import RestClient, open_http
+from service.starface.sessions import SessionManager
+from service.web import starface_callback as callback
+from service.web.app import Server, create_app
 from subscriptions.scheduler import build_scheduler
 from subscriptions.tokens import Tokens
 from subscriptions.users import Resolution
@@ -88,7 +90,7 @@ class Runtime:
                 await self._start_worker(redis, http)
             if self.role in ("all", "scheduler"):
                 self._start_scheduler(redis, http)
-            self._spawn("metrics-gauges", metrics.gauge_loop(redis, self.settings, self.stop))
+            self._spawn("metrics-gauges", gauges.gauge_loop(redis, self.settings, self.stop))
 
     def _start_web(self) -> None:
         config = uvicorn.Config(
@@ -175,7 +177,7 @@ class Runtime:
         log.info("last worker stopping: logged %d UCI session(s) out", len(done))
 
     def _start_scheduler(self, redis: aioredis.Redis, http: aiohttp.ClientSession) -> None:
-        from service import directory as directory_module
+        from service.starface import directory as directory_module
 
         settings = self.settings
         store = DirectoryStore(redis)

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from service import keys
-from service.secretbox import SecretBox
-from service.storage import decoded
+from service.core import keys
+from service.core.secretbox import SecretBox
+from service.core.storage import decoded
 from subscriptions import metrics
 
 log = logging.getLogger(__name__)

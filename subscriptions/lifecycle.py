@@ -12,8 +12,8 @@ import logging
 
 import redis.asyncio as aioredis
 
-from service import keys
-from service.queue import Entry, StreamConsumer
+from service.bridge.streams import Entry, StreamConsumer
+from service.core import keys
 from subscriptions.records import SubscriptionRecords
 
 log = logging.getLogger(__name__)

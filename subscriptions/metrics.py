@@ -4,11 +4,6 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
-GRAPH_THROTTLED = Counter(
-    "presence_bridge_graph_retries_total",
-    "Graph answers (429/502/503/504) that were waited out and retried",
-    ["status"],
-)
 ACCOUNT_HEALTHY = Gauge(
     "presence_bridge_service_account_healthy",
     "1 when the service account can obtain delegated tokens, 0 when an operator must sign it in again",

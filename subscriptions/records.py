@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from service import keys
+from service.core import keys
 
 
 @dataclass

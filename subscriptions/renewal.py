@@ -26,12 +26,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from service.certificates import CertificateStore, EncryptionCertificate
-from service.clientstate import ClientStates, new_client_state
+from service.core.clock import Clock, SystemClock
+from service.graph.certificates import CertificateStore, EncryptionCertificate
+from service.graph.client import GraphClient, GraphError
+from service.graph.clientstate import ClientStates, new_client_state
 from subscriptions import metrics
 from subscriptions.accounts import AccountState, ServiceAccounts
-from subscriptions.clock import Clock, SystemClock
-from subscriptions.graph import GraphClient, GraphError
 from subscriptions.records import SubscriptionRecord, SubscriptionRecords
 from subscriptions.shards import digest
 from subscriptions.tokens import Tokens

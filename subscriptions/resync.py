@@ -13,10 +13,10 @@ from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 
-from service.presence import PresenceChange, PresenceFormatError
-from service.queue import append_presence_batch
+from service.bridge.streams import append_presence_batch
+from service.graph.client import GraphClient, GraphResponse, TokenSource, with_token
+from service.graph.presence import PresenceChange, PresenceFormatError
 from subscriptions import metrics
-from subscriptions.graph import GraphClient, GraphResponse, TokenSource, with_token
 
 log = logging.getLogger(__name__)
 

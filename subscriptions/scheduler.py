@@ -20,16 +20,16 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from service import keys
-from service.certificates import CertificateStore
-from service.clientstate import ClientStates
-from service.secretbox import SecretBox
-from service.settings import Settings
-from service.tls import client_context
+from service.core import keys
+from service.core.clock import Clock, SystemClock
+from service.core.secretbox import SecretBox
+from service.core.settings import Settings
+from service.core.tls import client_context
+from service.graph.certificates import CertificateStore
+from service.graph.client import GraphClient, GraphError, RateLimiter
+from service.graph.clientstate import ClientStates
 from subscriptions import metrics
 from subscriptions.accounts import ServiceAccounts
-from subscriptions.clock import Clock, SystemClock
-from subscriptions.graph import GraphClient, GraphError, RateLimiter
 from subscriptions.lease import Lease, LeaseLost
 from subscriptions.lifecycle import LifecycleHandler
 from subscriptions.records import SubscriptionRecords

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import redis.asyncio as aioredis
 
-from service import keys
+from service.core import keys
 
 CAPACITY = 650
 

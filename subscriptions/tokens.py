@@ -25,9 +25,9 @@ import redis.asyncio as aioredis
 import requests
 from requests.adapters import HTTPAdapter
 
-from service import keys
-from service.secretbox import SealError, SecretBox
-from service.settings import Settings
+from service.core import keys
+from service.core.secretbox import SealError, SecretBox
+from service.core.settings import Settings
 from subscriptions.accounts import AccountState, ServiceAccounts
 
 log = logging.getLogger(__name__)

@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from service import keys
-from subscriptions import metrics
-from subscriptions.clock import Clock, SystemClock
-from subscriptions.graph import (
+from service.core import keys
+from service.core.clock import Clock, SystemClock
+from service.graph.client import (
     BatchRequest,
     GraphClient,
     GraphError,
@@ -26,6 +25,7 @@ from subscriptions.graph import (
     TokenSource,
     with_token,
 )
+from subscriptions import metrics
 
 log = logging.getLogger(__name__)
 

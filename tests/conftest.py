@@ -10,16 +10,14 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from service.embedded import EmbeddedValkey
-from service.settings import Settings
+from service.core.embedded import EmbeddedValkey
+from service.core.settings import Settings
 
 pytest_plugins = [
-    "tests.fixtures_webhook",
-    "tests.fixtures_reconciler",
-    "tests.fixtures_graph",
-    "tests.fixtures_starface",
-    "tests.fixtures_mapping",
-    "tests.fixtures_subscriptions",
+    "tests.fixtures.webhook",
+    "tests.fixtures.graph_sandbox",
+    "tests.fixtures.starface_sandbox",
+    "tests.fixtures.subscription_world",
 ]
 
 SECRET_KEY = "test-secret-key-0123456789abcdefghijklmnop"

@@ -41,8 +41,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.body import BodyTooLarge, read_bounded
-from service.crypto import encrypt_content
+from service.core.tls import client_context
+from service.graph.crypto import encrypt_content
 from service.sandbox.clock import Clock
 from service.sandbox.entra import (
     JSON_BODY_LIMIT,
@@ -81,7 +81,8 @@ from service.sandbox.graphstate import (
     parse_duration,
     parse_presence_resource,
 )
-from service.tls import CertificateAuthority, client_context
+from service.sandbox.tls import CertificateAuthority
+from service.web.body import BodyTooLarge, read_bounded
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The STARFACE sandbox: a PBX stand-in with REST, OAuth, UCI XML-RPC, call callbacks and faults.
 
 ``presence-bridge sandbox starface`` runs it from the command line (``add_arguments`` / ``run``);
-tests start it in a background thread with ``SandboxThread`` (see ``tests/fixtures_starface.py``).
+tests start it in a background thread with ``SandboxThread`` (see ``tests/fixtures/starface_sandbox.py``).
 Routes, bodies and the choices made where the reference is silent: ``docs/sandbox-starface.md``.
 
 Two listeners serve one state: the PBX listener (REST, OAuth, ``/xml-rpc`` and ``/control``) and a
@@ -30,11 +30,12 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
+from service.core.tls import client_context
 from service.sandbox.clock import Clock
 from service.sandbox.starface_app import Context, build_control_app, build_pbx_app
 from service.sandbox.starface_callbacks import Dispatcher
 from service.sandbox.starface_model import DEFAULT_SESSION_TIMEOUT_SECONDS, Pbx
-from service.tls import CertificateAuthority, client_context
+from service.sandbox.tls import CertificateAuthority
 
 DEFAULT_STATE_DIR = Path("sandbox-state/starface")
 

@@ -21,8 +21,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service import starface_protocol as sp
-from service.body import BodyTooLarge, read_bounded
 from service.sandbox.starface_callbacks import Delivery, Dispatcher
 from service.sandbox.starface_model import (
     AuthenticationFailed,
@@ -38,7 +36,9 @@ from service.sandbox.starface_model import (
     Pbx,
     User,
 )
-from service.xmlrpc import DEFAULT_MAX_BYTES, XmlRpcError, dumps_fault, dumps_response, parse_call
+from service.starface import protocol as sp
+from service.starface.xmlrpc import DEFAULT_MAX_BYTES, XmlRpcError, dumps_fault, dumps_response, parse_call
+from service.web.body import BodyTooLarge, read_bounded
 
 MAX_JSON_BYTES = 16 * 1024
 MAX_CONTROL_BYTES = 1024 * 1024

@@ -21,7 +21,7 @@ import aiohttp
 
 from service.sandbox.clock import Clock
 from service.sandbox.starface_model import CallEvent
-from service.xmlrpc import Fault, XmlRpcError, dumps_call, parse_response
+from service.starface.xmlrpc import Fault, XmlRpcError, dumps_call, parse_response
 
 DELIVERY_TIMEOUT_SECONDS = 5.0
 MAX_RESPONSE_BYTES = 64 * 1024

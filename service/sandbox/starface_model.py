@@ -20,8 +20,8 @@ from typing import Any, Literal
 
 import jwt
 
-from service import starface_protocol as sp
 from service.sandbox.clock import Clock
+from service.starface import protocol as sp
 
 OAUTH_ACCESS_LIFETIME_SECONDS = 300
 OAUTH_REFRESH_LIFETIME_SECONDS = 21600

@@ -55,15 +55,16 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from service import keys  # noqa: E402
-from service.credentials import CredentialStore  # noqa: E402
-from service.decisions import DecisionRecord  # noqa: E402
-from service.embedded import EmbeddedValkey, free_port  # noqa: E402
-from service.identity import IdentityStore  # noqa: E402
-from service.secretbox import SecretBox  # noqa: E402
-from service.settings import Settings  # noqa: E402
-from service.storage import connect_worker  # noqa: E402
-from service.tls import CertificateAuthority, client_context  # noqa: E402
+from service.bridge.decisions import DecisionRecord  # noqa: E402
+from service.bridge.identity import IdentityStore  # noqa: E402
+from service.core import keys  # noqa: E402
+from service.core.embedded import EmbeddedValkey, free_port  # noqa: E402
+from service.core.secretbox import SecretBox  # noqa: E402
+from service.core.settings import Settings  # noqa: E402
+from service.core.storage import connect_worker  # noqa: E402
+from service.core.tls import client_context  # noqa: E402
+from service.sandbox.tls import CertificateAuthority  # noqa: E402
+from service.starface.credentials import CredentialStore  # noqa: E402
 from subscriptions.shards import CAPACITY, accounts_needed  # noqa: E402
 from subscriptions.tokens import Tokens  # noqa: E402
 
@@ -96,7 +97,7 @@ def ms(value: float) -> str:
 
 
 def bare_decrypt_rate(seconds: float) -> tuple[float, float]:
-    """RSA-OAEP-SHA1 decryptions with a 2048-bit key (as service.certificates makes) on this core.
+    """RSA-OAEP-SHA1 decryptions with a 2048-bit key (as service.graph.certificates makes) on this core.
 
     Returns (per wall-clock second, per CPU second of this thread); the second does not depend on
     what else the machine runs, and is what the bridge's changes per CPU-second are compared with.

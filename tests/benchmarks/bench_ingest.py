@@ -31,20 +31,20 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from service import keys  # noqa: E402
-from service.certificates import CertificateStore  # noqa: E402
-from service.clientstate import ClientStates  # noqa: E402
-from service.crypto import encrypt_content  # noqa: E402
-from service.embedded import EmbeddedValkey, free_port  # noqa: E402
-from service.presence import PresenceChange  # noqa: E402
-from service.queue import append_presence_batch  # noqa: E402
-from service.secretbox import SecretBox  # noqa: E402
-from service.settings import Settings  # noqa: E402
-from service.storage import connect_worker  # noqa: E402
-from service.tls import CertificateAuthority  # noqa: E402
-from service.worker import PresenceWorker  # noqa: E402
+from service.bridge.streams import append_presence_batch  # noqa: E402
+from service.bridge.worker import PresenceWorker  # noqa: E402
+from service.core import keys  # noqa: E402
+from service.core.embedded import EmbeddedValkey, free_port  # noqa: E402
+from service.core.secretbox import SecretBox  # noqa: E402
+from service.core.settings import Settings  # noqa: E402
+from service.core.storage import connect_worker  # noqa: E402
+from service.graph.certificates import CertificateStore  # noqa: E402
+from service.graph.clientstate import ClientStates  # noqa: E402
+from service.graph.crypto import encrypt_content  # noqa: E402
+from service.graph.presence import PresenceChange  # noqa: E402
+from service.sandbox.tls import CertificateAuthority  # noqa: E402
 from tests.conftest import CLIENT_ID, SECRET_KEY, TENANT_ID  # noqa: E402
-from tests.fixtures_webhook import GraphSigner, NotificationFactory, Subscription  # noqa: E402
+from tests.fixtures.webhook import GraphSigner, NotificationFactory, Subscription  # noqa: E402
 
 CORES = sorted(os.sched_getaffinity(0))
 

@@ -27,15 +27,17 @@ import redis.asyncio as aioredis
 import uvicorn
 from starlette.applications import Starlette
 
-from service import callback, keys, xmlrpc
-from service.credentials import CredentialStore
-from service.embedded import EmbeddedValkey, free_port
+from service.core import keys
+from service.core.embedded import EmbeddedValkey, free_port
+from service.core.secretbox import SecretBox
+from service.core.settings import Settings
 from service.sandbox.starface import SandboxOptions, SandboxThread
-from service.secretbox import SecretBox
-from service.sessions import SessionManager
-from service.settings import Settings
-from service.starface import open_http
-from tests.fixtures_starface import StarfaceSandboxHandle
+from service.starface import callback_tokens, xmlrpc
+from service.starface.credentials import CredentialStore
+from service.starface.rest import open_http
+from service.starface.sessions import SessionManager
+from service.web import starface_callback as callback
+from tests.fixtures.starface_sandbox import StarfaceSandboxHandle
 
 SECRET_KEY = "bench-secret-key-0123456789abcdefghijklmnop"
 
@@ -79,7 +81,7 @@ async def bench_callbacks(redis_url: str, events: int, concurrency: int) -> None
     client = aioredis.Redis.from_url(redis_url)
     await client.delete(keys.CALL_STREAM)
     token = secrets.token_urlsafe(32)
-    await callback.register_token(client, token, "0001")
+    await callback_tokens.register_token(client, token, "0001")
     states = ["RINGING", "CONNECTED", "HANGUP"]
     bodies = [
         xmlrpc.dumps_call(
@@ -89,7 +91,7 @@ async def bench_callbacks(redis_url: str, events: int, concurrency: int) -> None
         for n in range(events)
     ]
     async with callback_server(redis_url, settings) as base:
-        url = f"{base}{callback.callback_path(token)}"
+        url = f"{base}{callback_tokens.callback_path(token)}"
         connector = aiohttp.TCPConnector(limit=concurrency)
         async with aiohttp.ClientSession(connector=connector) as http:
             queue: asyncio.Queue[bytes] = asyncio.Queue()

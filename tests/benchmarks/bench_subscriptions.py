@@ -26,14 +26,14 @@ sys.path.insert(0, str(ROOT))
 
 import redis.asyncio as aioredis  # noqa: E402
 
-from service import keys  # noqa: E402
-from service.embedded import EmbeddedValkey  # noqa: E402
+from service.core import keys  # noqa: E402
+from service.core.embedded import EmbeddedValkey  # noqa: E402
+from service.core.settings import Settings  # noqa: E402
 from service.sandbox.graph import GraphSandbox, SandboxOptions, ServerThread  # noqa: E402
-from service.settings import Settings  # noqa: E402
 from subscriptions.scheduler import build_scheduler  # noqa: E402
 from subscriptions.shards import CAPACITY, accounts_needed, assign  # noqa: E402
-from tests.fixtures_graph import GraphReceiver, GraphSandboxHandle  # noqa: E402
-from tests.fixtures_subscriptions import SERVICE_PASSWORD, service_account_names  # noqa: E402
+from tests.fixtures.graph_sandbox import GraphReceiver, GraphSandboxHandle  # noqa: E402
+from tests.fixtures.subscription_world import SERVICE_PASSWORD, service_account_names  # noqa: E402
 
 SUBSCRIPTION_KEYS = (
     keys.USER_IDS,

@@ -10,7 +10,7 @@ from typing import Any
 import jwt
 import pytest
 
-from tests.fixtures_graph import GRAPH_DEFAULT_SCOPE, GraphSandboxHandle
+from tests.fixtures.graph_sandbox import GRAPH_DEFAULT_SCOPE, GraphSandboxHandle
 
 SandboxFactory = Callable[..., GraphSandboxHandle]
 PASSWORD = "Sandbox-Passw0rd!"

@@ -14,8 +14,8 @@ from pathlib import Path
 import msal
 import requests
 
-from service.tls import CertificateAuthority
-from tests.fixtures_graph import GRAPH_DEFAULT_SCOPE, GraphReceiver, GraphSandboxHandle
+from service.sandbox.tls import CertificateAuthority
+from tests.fixtures.graph_sandbox import GRAPH_DEFAULT_SCOPE, GraphReceiver, GraphSandboxHandle
 
 SandboxFactory = Callable[..., GraphSandboxHandle]
 ReceiverFactory = Callable[[CertificateAuthority], GraphReceiver]

@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding as rsa_padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from service.crypto import decrypt_content
-from service.tls import CertificateAuthority
-from tests.fixtures_graph import EncryptionKeypair, GraphReceiver, GraphSandboxHandle
+from service.graph.crypto import decrypt_content
+from service.sandbox.tls import CertificateAuthority
+from tests.fixtures.graph_sandbox import EncryptionKeypair, GraphReceiver, GraphSandboxHandle
 
 SandboxFactory = Callable[..., GraphSandboxHandle]
 ReceiverFactory = Callable[[CertificateAuthority], GraphReceiver]
@@ -28,7 +28,7 @@ CHANGE_TRACKING_APP_ID = "0bf30f3b-4a52-48df-9a82-234910c4a086"
 
 
 def _reference_decrypt(encrypted: dict[str, str], keypair: EncryptionKeypair) -> dict[str, Any]:
-    """Decryption written from reference/graph.md §4.1, independent of service.crypto.
+    """Decryption written from reference/graph.md §4.1, independent of service.graph.crypto.
 
     dataKey: base64 → RSA-OAEP (SHA-1, MGF1-SHA-1) → 32-byte key; dataSignature must equal
     base64(HMAC-SHA256(key, base64decode(data))); data: AES-256-CBC, IV = key[:16], PKCS7.

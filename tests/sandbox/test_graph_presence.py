@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from tests.fixtures_graph import GraphSandboxHandle
+from tests.fixtures.graph_sandbox import GraphSandboxHandle
 
 SandboxFactory = Callable[..., GraphSandboxHandle]
 PASSWORD = "Sandbox-Passw0rd!"

@@ -9,8 +9,8 @@ from typing import Any
 
 import requests
 
-from service.tls import CertificateAuthority
-from tests.fixtures_graph import EncryptionKeypair, GraphReceiver, GraphSandboxHandle
+from service.sandbox.tls import CertificateAuthority
+from tests.fixtures.graph_sandbox import EncryptionKeypair, GraphReceiver, GraphSandboxHandle
 
 SandboxFactory = Callable[..., GraphSandboxHandle]
 ReceiverFactory = Callable[[CertificateAuthority], GraphReceiver]

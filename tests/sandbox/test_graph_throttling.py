@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from msal.exceptions import MsalServiceError
 
-from tests.fixtures_graph import GRAPH_DEFAULT_SCOPE, GraphSandboxHandle
+from tests.fixtures.graph_sandbox import GRAPH_DEFAULT_SCOPE, GraphSandboxHandle
 
 SandboxFactory = Callable[..., GraphSandboxHandle]
 

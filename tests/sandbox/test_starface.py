@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from service import starface_protocol as sp
-from service.xmlrpc import Fault, parse_response
-from tests.fixtures_starface import Creds, RawStarfaceClient, StarfaceSandboxHandle
+from service.starface import protocol as sp
+from service.starface.xmlrpc import Fault, parse_response
+from tests.fixtures.starface_sandbox import Creds, RawStarfaceClient, StarfaceSandboxHandle
 
 Factory = Callable[..., StarfaceSandboxHandle]
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from service import starface_protocol as sp
-from service.tls import CertificateAuthority
-from tests.fixtures_starface import (
+from service.sandbox.tls import CertificateAuthority
+from service.starface import protocol as sp
+from tests.fixtures.starface_sandbox import (
     CallbackReceiver,
     ControlError,
     Creds,

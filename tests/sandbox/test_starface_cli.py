@@ -12,8 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from service.core.tls import client_context
 from service.sandbox import starface
-from service.tls import client_context
 
 LAUNCH = (
     "import argparse, sys\n"

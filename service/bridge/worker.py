@@ -1,0 +1,82 @@
+"""The worker: presence changes from the stream into observed state, in order, exactly once in effect."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from service.bridge.observed import ObservedStore, Outcome
+from service.bridge.streams import Entry, StreamConsumer
+from service.core import keys
+from service.core.settings import Settings
+from service.graph.presence import PresenceChange, PresenceFormatError
+
+log = logging.getLogger(__name__)
+
+# Called after the observed presence is stored, with every readable change of the batch in
+# stream order, stale ones too: a stale change can still carry news (the user's own state behind
+# the bridge's session).  A redelivery after a listener failure calls the listeners again.
+ChangeListener = Callable[[list[PresenceChange]], Awaitable[None]]
+
+
+class PresenceWorker:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        settings: Settings,
+        *,
+        name: str | None = None,
+        block_ms: int = 1000,
+        listeners: list[ChangeListener] | None = None,
+    ) -> None:
+        self.store = ObservedStore(redis)
+        self.redis = redis
+        self.listeners = list(listeners or [])
+        self.outcomes: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
+        self.consumer = StreamConsumer(
+            redis,
+            keys.PRESENCE_STREAM,
+            keys.WORKER_GROUP,
+            self.handle,
+            name=name,
+            batch=settings.worker_batch,
+            block_ms=block_ms,
+            claim_idle_ms=settings.worker_claim_idle_ms,
+            max_deliveries=settings.worker_max_deliveries,
+        )
+
+    async def handle(self, entries: list[Entry]) -> dict[str, str]:
+        failures: dict[str, str] = {}
+        parsed: list[tuple[Entry, PresenceChange]] = []
+        for entry in entries:
+            try:
+                parsed.append((entry, PresenceChange.from_fields(entry.fields)))
+            except PresenceFormatError as exc:
+                failures[entry.id] = str(exc)
+        if not parsed:
+            return failures
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for _, change in parsed:
+                await self.store.queue_apply(pipe, change)
+            results = await pipe.execute(raise_on_error=False)
+        stored: list[PresenceChange] = []
+        for (entry, change), result in zip(parsed, results, strict=True):
+            if isinstance(result, RedisError):
+                failures[entry.id] = f"store failed: {result}"
+                continue
+            self.outcomes[Outcome(int(result))] += 1
+            stored.append(change)
+        if stored:
+            for listener in self.listeners:
+                await listener(stored)
+        return failures
+
+    async def drain(self) -> int:
+        await self.consumer.ensure_group()
+        return await self.consumer.drain()
+
+    async def run(self, stopping: Callable[[], bool]) -> None:
+        await self.consumer.run_forever(stopping)

@@ -1,0 +1,543 @@
+"""The ``presence-bridge`` command line.
+
+Exit codes: 0 success, 1 a runtime failure or (``status``) something needs an operator, 2 bad
+usage or bad configuration (the message says what to fix).  No command prints a traceback for a
+known error.  Commands that need Redis use ``REDIS_URL``, or without it the embedded Valkey in
+``DATA_DIR`` (the running one, else a short-lived one on the same append-only file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TypeAlias
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from service.core.embedded import EmbeddedValkey, EmbeddedValkeyError, redis_url_for
+from service.core.settings import CORE, GRAPH_APP, ROLES, Settings, SettingsError, required_groups
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+log = logging.getLogger("presence_bridge")
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+class CommandFailed(Exception):
+    """A one-line reason a command failed at run time (exit 1)."""
+
+
+def configure_logging(level: str) -> None:
+    from service.core.logs import setup
+
+    setup(level)
+
+
+def _settings(require: Sequence[str]) -> Settings:
+    return Settings.from_env(require=require)
+
+
+def _valkey_dir(settings: Settings) -> Path:
+    return Path(settings.data_dir) / "valkey"
+
+
+def _with_redis(settings: Settings, job: Callable[[aioredis.Redis], Awaitable[int]]) -> int:
+    """Run ``job`` with a Redis client on the configured or embedded server."""
+
+    async def run(url: str) -> int:
+        client = aioredis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+        try:
+            return await job(client)
+        finally:
+            await client.aclose()
+
+    try:
+        with redis_url_for(settings.redis_url, _valkey_dir(settings)) as url:
+            return asyncio.run(run(url))
+    except EmbeddedValkeyError as exc:
+        raise CommandFailed(f"cannot start the embedded Valkey: {exc}") from None
+    except (RedisError, OSError) as exc:
+        # The URL may carry a password: name the error type only.
+        raise CommandFailed(f"Redis is unreachable ({type(exc).__name__}); check REDIS_URL") from None
+
+
+# -- serve -------------------------------------------------------------------------------------
+
+
+def _add_serve(sub: Subparsers) -> None:
+    parser = sub.add_parser(
+        "serve",
+        help="run the bridge (all roles, or one of web, worker, scheduler)",
+        description=(
+            "Run the bridge. --role web serves the public endpoints (/graph/notifications, "
+            "/graph/lifecycle, /starface/uci/..., /healthz, /readyz); --role worker applies presence "
+            "changes and call events to STARFACE and Teams and keeps the UCI sessions alive; --role "
+            "scheduler keeps the STARFACE directory and the Graph subscriptions (one replica acts, by "
+            "lease); --role all runs everything in one process. Without REDIS_URL an embedded Valkey is "
+            "started in DATA_DIR (one machine only). Configuration: environment and ./.env (.env.example)."
+        ),
+    )
+    parser.add_argument("--role", choices=ROLES, default="all", help="what this process runs (default: all)")
+    parser.add_argument("--host", default="127.0.0.1", help="address the web tier binds (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port of the web tier (default: 8080)")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics on this separate port (default: off)",
+    )
+    parser.add_argument(
+        "--tls-cert", type=Path, help="serve HTTPS with this certificate (PEM); else plain HTTP"
+    )
+    parser.add_argument("--tls-key", type=Path, help="private key (PEM) for --tls-cert")
+    parser.set_defaults(handler=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("presence-bridge: --tls-cert and --tls-key go together", file=sys.stderr)
+        return EXIT_USAGE
+    if args.tls_cert is not None:
+        try:  # a missing file or a key that does not fit is a usage error, not a traceback later
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(args.tls_cert, args.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            print(f"presence-bridge: cannot use --tls-cert/--tls-key: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_USAGE
+    settings = _settings(required_groups(args.role))
+    if args.role in ("all", "web"):
+        problem = _cannot_listen(args.host, args.port)
+        if problem:
+            print(f"presence-bridge: cannot listen on {args.host}:{args.port}: {problem}", file=sys.stderr)
+            return EXIT_FAILURE
+    configure_logging(settings.log_level)
+    embedded: EmbeddedValkey | None = None
+    redis_url = settings.redis_url
+    if redis_url is None:
+        embedded = EmbeddedValkey(_valkey_dir(settings))
+        log.warning(
+            "embedded Valkey in %s: for one machine only; set REDIS_URL to scale out", embedded.data_dir
+        )
+        try:
+            embedded.start()
+        except EmbeddedValkeyError as exc:
+            print(f"presence-bridge: cannot start the embedded Valkey: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        redis_url = embedded.url
+    try:
+        asyncio.run(_serve(settings, redis_url, args))
+    except SystemExit as exc:
+        # uvicorn exits this way when it cannot start (e.g. the port was taken meanwhile).
+        print(
+            f"presence-bridge: the web tier could not start (exit {exc.code}); see the log above",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return EXIT_OK
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why the web tier could not bind ``host:port``, found out before anything starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
+async def _serve(settings: Settings, redis_url: str, args: argparse.Namespace) -> None:
+    from service.core.metrics import serve_metrics
+    from service.runtime import Runtime, WebOptions
+
+    runtime = Runtime(
+        settings,
+        redis_url,
+        role=args.role,
+        web=WebOptions(args.host, args.port, _str(args.tls_cert), _str(args.tls_key)),
+    )
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, runtime.stop.set)
+    if args.metrics_port is not None:
+        serve_metrics(args.metrics_port, args.host)
+    await runtime.start()
+    await runtime.wait()
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+# -- sandboxes ---------------------------------------------------------------------------------
+
+
+def _add_sandbox(sub: Subparsers) -> None:
+    from service.sandbox import graph, starface
+
+    parser = sub.add_parser(
+        "sandbox",
+        help="run a stand-in for Microsoft Graph/Entra ID or for a STARFACE PBX",
+        description="Faithful sandboxes of the outside systems, over TLS, for trying the bridge out.",
+    )
+    which = parser.add_subparsers(dest="sandbox", required=True, metavar="SANDBOX")
+    graph_parser = which.add_parser(
+        "graph",
+        help="Entra ID + Microsoft Graph presence stand-in (docs/sandbox-graph.md)",
+        description="Serve Entra ID and Graph presence over TLS from a throwaway CA (docs/sandbox-graph.md).",
+    )
+    graph.add_arguments(graph_parser)
+    graph_parser.set_defaults(handler=_run_graph_sandbox)
+    starface_parser = which.add_parser(
+        "starface",
+        help="STARFACE PBX stand-in: REST, UCI, callbacks (docs/sandbox-starface.md)",
+        description="Serve STARFACE REST and UCI with a control API; see docs/sandbox-starface.md.",
+    )
+    starface.add_arguments(starface_parser)
+    starface_parser.set_defaults(handler=starface.run)
+
+
+def _run_graph_sandbox(args: argparse.Namespace) -> int:
+    from service.sandbox import graph
+
+    # It serves from a thread and stops cleanly on KeyboardInterrupt; SIGTERM (docker stop,
+    # systemd, kill) would otherwise end the process with -15 without stopping the server.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    return graph.run(args)
+
+
+# -- Graph service accounts --------------------------------------------------------------------
+
+
+def _add_login(sub: Subparsers) -> None:
+    from service.cli.accounts import add_login_arguments
+
+    parser = sub.add_parser(
+        "login",
+        help="sign a Graph service account in (device code, or username and password)",
+        description=(
+            "Sign in one of GRAPH_SERVICE_ACCOUNTS so it can hold a presence subscription (delegated "
+            "Presence.Read.All). The token cache is stored encrypted in Redis for every replica."
+        ),
+    )
+    add_login_arguments(parser)
+    parser.set_defaults(handler=_run_login)
+
+
+def _run_login(args: argparse.Namespace) -> int:
+    from service.cli.accounts import run_login
+
+    settings = _settings([CORE])
+    with redis_url_for(settings.redis_url, _valkey_dir(settings)) as url:
+        return run_login(args, settings, redis_url=url)
+
+
+def _add_renew(sub: Subparsers) -> None:
+    from service.cli.accounts import add_renew_arguments
+
+    parser = sub.add_parser(
+        "renew",
+        help="one full subscription pass (create, renew, resync), then exit; for cron",
+        description="Run one scheduler pass and exit. Does nothing while another replica holds the lease.",
+    )
+    add_renew_arguments(parser)
+    parser.set_defaults(handler=_run_renew)
+
+
+def _run_renew(args: argparse.Namespace) -> int:
+    from service.bridge.identity import link_resolved
+    from service.cli.accounts import run_renew
+    from service.starface.directory import DirectoryStore
+    from subscriptions.users import Resolution
+
+    settings = _settings([CORE, GRAPH_APP])
+    with redis_url_for(settings.redis_url, _valkey_dir(settings)) as url:
+
+        async def emails() -> list[str]:
+            client = aioredis.Redis.from_url(url)
+            try:
+                return await DirectoryStore(client).emails()
+            finally:
+                await client.aclose()
+
+        async def linked(resolution: Resolution) -> None:
+            client = aioredis.Redis.from_url(url)
+            try:
+                await link_resolved(client, resolution.ids)
+            finally:
+                await client.aclose()
+
+        return run_renew(args, settings, emails, on_resolution=linked, redis_url=url)
+
+
+def _add_subscriptions(sub: Subparsers) -> None:
+    parser = sub.add_parser(
+        "subscriptions",
+        help="the subscription scheduler alone, with the e-mail addresses from a file",
+        description=(
+            "Contend for the scheduler lease and keep the Graph presence subscriptions of the users "
+            "listed in --emails-file (one address per line), without a STARFACE directory. For "
+            "installations whose user list comes from elsewhere; serve --role scheduler is the usual way."
+        ),
+    )
+    parser.add_argument("--emails-file", required=True, help="one e-mail address per line (# comments)")
+    parser.add_argument(
+        "--pass-seconds", type=float, default=60.0, help="pause between scheduler passes (default: 60)"
+    )
+    parser.set_defaults(handler=_run_subscriptions)
+
+
+def _run_subscriptions(args: argparse.Namespace) -> int:
+    from service.cli.accounts import emails_from_file, serve_scheduler
+
+    settings = _settings([CORE, GRAPH_APP])
+    if not Path(args.emails_file).is_file():
+        print(f"presence-bridge: --emails-file {args.emails_file} does not exist", file=sys.stderr)
+        return EXIT_USAGE
+    configure_logging(settings.log_level)
+    with redis_url_for(settings.redis_url, _valkey_dir(settings)) as url:
+        return asyncio.run(
+            serve_scheduler(settings, url, emails_from_file(args.emails_file), args.pass_seconds)
+        )
+
+
+# -- status and explain ------------------------------------------------------------------------
+
+
+def _add_status(sub: Subparsers) -> None:
+    parser = sub.add_parser(
+        "status",
+        help="subscriptions, token health, queues, dead letters, STARFACE sessions, last errors",
+        description=(
+            "Print the state of the bridge from Redis. Exit 0 when all is well, 1 when something needs "
+            "an operator (an alert, dead letters, sessions down, failing users)."
+        ),
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(handler=_run_status)
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from service.ops import status
+
+    settings = _settings([])
+
+    async def job(redis: aioredis.Redis) -> int:
+        report = await status.collect(redis, settings)
+        print(json.dumps(report, indent=2, default=str) if args.json else status.render(report))
+        return EXIT_OK if status.healthy(report) else EXIT_FAILURE
+
+    return _with_redis(settings, job)
+
+
+def _add_explain(sub: Subparsers) -> None:
+    parser = sub.add_parser(
+        "explain",
+        help="why a user shows what they show: state and the last decisions",
+        description="Print a user's observed state and last decisions (inputs, rule, actions, latency).",
+    )
+    parser.add_argument("who", help="STARFACE login ID or e-mail address of the user")
+    parser.add_argument("--limit", type=int, default=50, help="how many decisions to print (default: 50)")
+    parser.set_defaults(handler=_run_explain)
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    from service.ops.explain import UnknownPerson, explain
+
+    settings = _settings([])
+
+    async def job(redis: aioredis.Redis) -> int:
+        try:
+            print(await explain(redis, args.who, limit=max(1, args.limit)))
+        except UnknownPerson as exc:
+            print(f"presence-bridge: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        return EXIT_OK
+
+    return _with_redis(settings, job)
+
+
+# -- mapping -----------------------------------------------------------------------------------
+
+
+def _add_mapping(sub: Subparsers) -> None:
+    from service.bridge import mapping
+
+    parser = sub.add_parser(
+        "mapping",
+        help="check a Teams -> STARFACE mapping file, or preview its effect",
+        description="Work with the mapping from Teams presence to STARFACE DND and status text.",
+    )
+    actions = parser.add_subparsers(dest="mapping_command", required=True, metavar="ACTION")
+    check = actions.add_parser(
+        "check",
+        help="validate a mapping file and print the effective table",
+        description=(
+            "Validate a mapping TOML file and print the effective table, switches and group overrides. "
+            "Without FILE, print the built-in table. Exit 0 when valid, 2 with every problem listed."
+        ),
+    )
+    mapping.add_check_arguments(check)
+    check.set_defaults(handler=mapping.run_check)
+    preview = actions.add_parser(
+        "preview",
+        help="show what a mapping would change for every bridged user now (changes nothing)",
+        description="Apply a mapping to every bridged user's current state and print the differences.",
+    )
+    mapping.add_check_arguments(preview)
+    preview.set_defaults(handler=_run_preview)
+
+
+def _run_preview(args: argparse.Namespace) -> int:
+    from service.bridge.mapping import MappingError, load_mapping
+    from service.ops.explain import preview
+
+    try:
+        table = load_mapping(args.file, language=args.language)
+    except MappingError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    settings = _settings([])
+
+    async def job(redis: aioredis.Redis) -> int:
+        for line in await preview(redis, table):
+            print(line)
+        return EXIT_OK
+
+    return _with_redis(settings, job)
+
+
+# -- STARFACE credentials ----------------------------------------------------------------------
+
+
+def _add_starface(sub: Subparsers) -> None:
+    from service.starface import credentials
+
+    parser = sub.add_parser(
+        "starface",
+        help="manage per-user STARFACE credentials",
+        description="STARFACE administration for the bridge.",
+    )
+    what = parser.add_subparsers(dest="starface_command", required=True, metavar="WHAT")
+    creds = what.add_parser(
+        "credentials",
+        help="import, set, list or delete per-user STARFACE credentials (stored encrypted)",
+        description=(
+            "UCI acts only for the logged-in user, so the bridge needs every bridged user's STARFACE "
+            "login ID and password. They are stored encrypted with BRIDGE_SECRET_KEY and never printed."
+        ),
+    )
+    credentials.add_arguments(creds)
+    creds.set_defaults(handler=_run_credentials)
+
+
+def _run_credentials(args: argparse.Namespace) -> int:
+    from service.starface import credentials
+
+    settings = Settings.from_env(require=())
+    with redis_url_for(settings.redis_url, _valkey_dir(settings)) as url:
+        return credentials.run(args, redis_url=url)
+
+
+# -- demo --------------------------------------------------------------------------------------
+
+
+def _add_demo(sub: Subparsers) -> None:
+    parser = sub.add_parser(
+        "demo",
+        help="both sandboxes, an embedded Valkey and the whole bridge, playing a scripted scenario",
+        description=(
+            "Start an embedded Valkey, the Graph and STARFACE sandboxes over TLS, and the bridge with all "
+            "roles; play both directions through a few users while printing a live table. Exit 0 only "
+            "if every expectation held. Needs no configuration and no network."
+        ),
+    )
+    parser.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="after the scenario, keep everything up to play with via the sandboxes' control APIs",
+    )
+    parser.add_argument("--users", type=int, default=3, help="how many demo users (default: 3)")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("./demo-state"),
+        help="where the demo keeps its CA files, tokens and data (default: ./demo-state)",
+    )
+    parser.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from service.sandbox.demo import run_demo
+
+    return run_demo(args)
+
+
+# -- entry point -------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="presence-bridge",
+        description="Keep Microsoft Teams presence and a STARFACE PBX in agreement.",
+        epilog=(
+            "Every command reads its configuration from the environment and ./.env (see .env.example). "
+            "Exit codes: 0 ok, 1 failure, 2 bad usage or configuration."
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_serve(sub)
+    _add_demo(sub)
+    _add_sandbox(sub)
+    _add_login(sub)
+    _add_renew(sub)
+    _add_subscriptions(sub)
+    _add_status(sub)
+    _add_explain(sub)
+    _add_mapping(sub)
+    _add_starface(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except SettingsError as exc:
+        print(f"presence-bridge: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CommandFailed as exc:
+        print(f"presence-bridge: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except EmbeddedValkeyError as exc:
+        print(f"presence-bridge: cannot start the embedded Valkey: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) went away; that is not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""The Teams side of the reconciler: the bridge's own presence session through Graph.
+
+``setPresence`` with ``sessionId`` = our app id creates or refreshes the application session;
+its ``expirationDuration`` (5 min to 4 h) is the dead-man switch: a bridge that dies leaves the
+user Busy for at most that long.  ``clearPresence`` ends it; 404 means it is already gone.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from service.graph.client import GraphClient, GraphError, TokenSource, with_token
+from service.graph.presence import TeamsPresence
+
+MIN_DURATION_SECONDS = 5 * 60
+MAX_DURATION_SECONDS = 4 * 3600
+
+
+class TeamsGateway(Protocol):
+    async def set_presence(self, user_id: str, presence: TeamsPresence, duration_seconds: int) -> None: ...
+
+    async def clear_presence(self, user_id: str) -> None: ...
+
+
+def iso_duration(seconds: int) -> str:
+    """``PT5M``-style duration, clamped to what setPresence accepts."""
+    seconds = max(MIN_DURATION_SECONDS, min(MAX_DURATION_SECONDS, seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return (
+        "PT"
+        + (f"{hours}H" if hours else "")
+        + (f"{minutes}M" if minutes else "")
+        + (f"{secs}S" if secs else "")
+    )
+
+
+class GraphTeams:
+    def __init__(self, client: GraphClient, tokens: TokenSource, app_id: str) -> None:
+        self.client = client
+        self.tokens = tokens
+        self.app_id = app_id
+
+    async def set_presence(self, user_id: str, presence: TeamsPresence, duration_seconds: int) -> None:
+        body = {
+            "sessionId": self.app_id,
+            "availability": presence.availability,
+            "activity": presence.activity,
+            "expirationDuration": iso_duration(duration_seconds),
+        }
+        path = f"/v1.0/users/{user_id}/presence/setPresence"
+
+        async def call(token: str) -> None:
+            await self.client.request("POST", path, token=token, body=body)
+
+        await with_token(self.tokens, call)
+
+    async def clear_presence(self, user_id: str) -> None:
+        path = f"/v1.0/users/{user_id}/presence/clearPresence"
+
+        async def call(token: str) -> None:
+            try:
+                await self.client.request("POST", path, token=token, body={"sessionId": self.app_id})
+            except GraphError as exc:
+                if exc.status != 404:  # no session: what we wanted
+                    raise
+
+        await with_token(self.tokens, call)

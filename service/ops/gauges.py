@@ -1,0 +1,55 @@
+"""The metric gauges that describe Redis, refreshed in the background so a scrape never waits on it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from service.core import keys
+from service.core.metrics import (
+    DEAD_LETTERS,
+    STREAM_LAG,
+    STREAM_LENGTH,
+    STREAM_PENDING,
+    SUBSCRIPTION_EXPIRES_IN,
+)
+from service.core.settings import Settings
+from service.ops.status import streams
+from subscriptions.scheduler import status as subscription_status
+
+log = logging.getLogger(__name__)
+
+
+async def refresh_gauges(redis: aioredis.Redis, settings: Settings) -> None:
+    """Update the gauges that describe Redis; called every few seconds by the runtime.
+
+    Only what the gauges show is read: the full ``status`` report also walks every bridged user.
+    """
+    now = time.time()
+    for name, info in (await streams(redis, now)).items():
+        STREAM_LENGTH.labels(name).set(info["length"])
+        STREAM_LAG.labels(name).set(info["lag"])
+        STREAM_PENDING.labels(name).set(info["pending"])
+    DEAD_LETTERS.set(int(await redis.xlen(keys.DEAD_LETTER_STREAM)))
+    accounts = (await subscription_status(redis, settings.graph_service_accounts))["accounts"]
+    for account, info in accounts.items():
+        sub = info["subscription"]
+        if sub and sub.get("expires_at"):
+            SUBSCRIPTION_EXPIRES_IN.labels(account).set(float(sub["expires_at"]) - now)
+
+
+async def gauge_loop(
+    redis: aioredis.Redis, settings: Settings, stop: asyncio.Event, every: float = 15.0
+) -> None:
+    while not stop.is_set():
+        try:
+            await refresh_gauges(redis, settings)
+        except (RedisError, OSError) as exc:
+            log.warning("metrics: Redis unavailable (%s)", type(exc).__name__)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=every)

@@ -1,0 +1,176 @@
+"""``presence-bridge status``: one look at everything an operator needs, read from Redis only.
+
+Subscriptions (shard, users, expiry), service-account token health, queue depth and lag, dead
+letters, STARFACE directory and UCI sessions, dropped notifications, and users whose last
+reconcile failed.  Nothing here needs Graph or STARFACE to answer, so it works during an outage.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from service.core import keys
+from service.core.settings import Settings
+from service.core.storage import decoded
+from service.starface.directory import DirectoryStore
+from service.starface.sessions import SessionStatus
+from subscriptions.scheduler import status as subscription_status
+
+# Streams and the consumer groups that read them.
+STREAMS = (
+    ("presence", keys.PRESENCE_STREAM, keys.WORKER_GROUP),
+    ("call events", keys.CALL_STREAM, keys.CALL_GROUP),
+    ("lifecycle", keys.LIFECYCLE_STREAM, keys.LIFECYCLE_GROUP),
+)
+
+
+def _entry_time(entry_id: str) -> float:
+    return int(entry_id.split("-", 1)[0]) / 1000
+
+
+async def _stream(redis: aioredis.Redis, stream: str, group: str, now: float) -> dict[str, Any]:
+    length = int(await redis.xlen(stream))
+    result: dict[str, Any] = {"length": length, "pending": 0, "lag": 0, "oldest_pending_age": None}
+    try:
+        groups: Any = await redis.xinfo_groups(stream)
+    except ResponseError:
+        return result  # no stream yet
+    for info in groups:
+        if decoded(info.get("name")) != group:
+            continue
+        result["pending"] = int(info.get("pending") or 0)
+        result["lag"] = int(info.get("lag") or 0)
+        if result["pending"]:
+            first: Any = await redis.xpending_range(stream, group, "-", "+", 1)
+            if first:
+                result["oldest_pending_age"] = round(now - _entry_time(decoded(first[0]["message_id"])), 1)
+    return result
+
+
+async def streams(redis: aioredis.Redis, now: float) -> dict[str, dict[str, Any]]:
+    """Depth, lag, work in progress and oldest pending age of every stream the bridge reads."""
+    return {name: await _stream(redis, key, group, now) for name, key, group in STREAMS}
+
+
+async def collect(redis: aioredis.Redis, settings: Settings, *, now: float | None = None) -> dict[str, Any]:
+    now = time.time() if now is None else now
+    report: dict[str, Any] = {"at": now}
+    report["subscriptions"] = await subscription_status(redis, settings.graph_service_accounts)
+    report["streams"] = await streams(redis, now)
+    report["dead_letters"] = int(await redis.xlen(keys.DEAD_LETTER_STREAM))
+    last_dead: Any = await redis.xrevrange(keys.DEAD_LETTER_STREAM, count=3)
+    report["last_dead_letters"] = [
+        {
+            decoded(k): decoded(v)
+            for k, v in fields.items()
+            if decoded(k) in ("stream", "reason", "deliveries")
+        }
+        for _, fields in last_dead
+    ]
+    dropped = await redis.hgetall(keys.DROPPED_COUNTS)
+    report["dropped_notifications"] = {decoded(k): int(v) for k, v in dropped.items()}
+    sessions = [SessionStatus.from_json(v) for v in (await redis.hgetall(keys.UCI_SESSIONS)).values()]
+    known = [s for s in sessions if s is not None]
+    report["starface_sessions"] = {
+        "up": sum(1 for s in known if s.error is None),
+        "down": [s.describe() for s in known if s.error is not None],
+    }
+    report["directory"] = (await DirectoryStore(redis).status()).describe()
+    report["failing_users"] = await _failing_users(redis)
+    return report
+
+
+async def _failing_users(redis: aioredis.Redis, limit: int = 20) -> list[str]:
+    logins = {decoded(k): decoded(v) for k, v in (await redis.hgetall(keys.IDENTITY_LOGIN_BY_USER)).items()}
+    ordered = sorted(logins.items(), key=lambda item: item[1])
+    # One round trip for every user's last error, however many users are bridged.
+    async with redis.pipeline(transaction=False) as pipe:
+        for user_id, _ in ordered:
+            pipe.hget(keys.user_bridge(user_id), "last_error")
+        errors = await pipe.execute()
+    failing = [
+        f"login {login}: {decoded(error)}" for (_, login), error in zip(ordered, errors, strict=True) if error
+    ]
+    return failing[:limit]
+
+
+def _when(epoch: Any, now: float) -> str:
+    if epoch in (None, ""):
+        return "never"
+    seconds = float(epoch) - now
+    stamp = dt.datetime.fromtimestamp(float(epoch), dt.UTC).strftime("%H:%M:%SZ")
+    return (
+        f"{stamp} (in {seconds / 60:.0f} min)" if seconds >= 0 else f"{stamp} ({-seconds / 60:.0f} min ago)"
+    )
+
+
+def render(report: dict[str, Any]) -> str:
+    now = float(report["at"])
+    lines: list[str] = []
+    subs = report["subscriptions"]
+    scheduler = subs.get("scheduler", {})
+    lines.append(
+        f"Subscriptions (last scheduler pass: {_when(scheduler.get('last_pass_at'), now)}, "
+        f"leader {scheduler.get('leader') or 'none'})"
+    )
+    if scheduler.get("shortfall"):
+        lines.append(f"  ALERT {scheduler['shortfall']}")
+    if not subs["accounts"]:
+        lines.append("  no service accounts configured (GRAPH_SERVICE_ACCOUNTS)")
+    for account, info in subs["accounts"].items():
+        health = info["health"]
+        sub = info["subscription"]
+        where = (
+            "no subscription"
+            if not sub or not sub.get("id")
+            else (f"{sub['users']} users, expires {_when(sub['expires_at'], now)}")
+        )
+        alert = (
+            "" if health.get("state") == "ok" else f"  ALERT {health.get('state')}: {health.get('reason')}"
+        )
+        lines.append(f"  {account}: {where}{alert}")
+    missing = json.loads(scheduler.get("missing_emails") or "[]")
+    if missing:
+        lines.append(f"  {len(missing)} e-mail(s) match no Teams user: {', '.join(missing[:10])}")
+    lines.append("Queues")
+    for name, info in report["streams"].items():
+        age = info["oldest_pending_age"]
+        lines.append(
+            f"  {name}: {info['length']} entries, {info['lag']} not yet read, {info['pending']} in work"
+            + (f" (oldest {age}s)" if age is not None else "")
+        )
+    lines.append(f"  dead letters: {report['dead_letters']}")
+    for dead in report["last_dead_letters"]:
+        lines.append(
+            f"    {dead.get('stream', '?')}: {dead.get('reason', '')} after {dead.get('deliveries')} tries"
+        )
+    dropped = report["dropped_notifications"]
+    if dropped:
+        lines.append("  dropped notifications: " + ", ".join(f"{k} {v}" for k, v in sorted(dropped.items())))
+    sessions = report["starface_sessions"]
+    lines.append(f"STARFACE sessions: {sessions['up']} up, {len(sessions['down'])} down")
+    lines += [f"  {line}" for line in sessions["down"][:20]]
+    lines += report["directory"]
+    if report["failing_users"]:
+        lines.append("Users whose last reconcile failed")
+        lines += [f"  {line}" for line in report["failing_users"]]
+    return "\n".join(lines)
+
+
+def healthy(report: dict[str, Any]) -> bool:
+    """False when something needs an operator: an alert, dead letters, down sessions, failures."""
+    subs = report["subscriptions"]
+    alerts = any(info["health"].get("state") != "ok" for info in subs["accounts"].values())
+    return not (
+        alerts
+        or subs.get("scheduler", {}).get("shortfall")
+        or report["dead_letters"]
+        or report["starface_sessions"]["down"]
+        or report["failing_users"]
+    )

@@ -1,0 +1,113 @@
+"""``POST /starface/uci/{token}``: where the PBX delivers a user's UCI call events.
+
+The endpoint is public, so it trusts nothing: the path token (one unguessable token per UCI
+session, looked up by its SHA-256) names the user, and an unknown token gets a bare 404.  The body
+is bounded while it is read, parsed by ``service.starface.xmlrpc`` (no DTDs, no entities, 64 KiB), and a
+``receiveCallState`` becomes a ``CallEvent`` on the call stream.  When the event cannot be stored
+(Redis down) the answer is 503 at once, so the PBX may retry; nothing here is ever slow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from service.core import keys
+from service.core.settings import Settings
+from service.starface import xmlrpc
+from service.starface.callback_tokens import PATH_PREFIX, login_for_token
+from service.starface.calls import CallEvent, CallFormatError
+from service.web.body import BodyTooLarge, read_bounded
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = xmlrpc.DEFAULT_MAX_BYTES
+XML = "text/xml; charset=utf-8"
+
+# Interoperability fault codes of the XML-RPC spec extensions.
+FAULT_PARSE = -32700
+FAULT_INVALID_PARAMS = -32602
+
+# v30/v22: ucp.vNN.events.call.receiveCallState; v20: ucp.v20.client.communication.call.…
+_CALL_STATE = re.compile(r"ucp\.v\d+\.(events|client\.communication)\.call\.receiveCallState")
+
+
+async def _count(redis: aioredis.Redis, reason: str) -> None:
+    # A counter must never turn a refusal into a different answer.
+    with contextlib.suppress(RedisError, OSError):
+        await redis.hincrby(keys.UCI_CALLBACK_REFUSED, reason, 1)
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes | None:
+    """The body, or ``None`` as soon as it exceeds ``limit`` (read at most ``limit + 1`` bytes)."""
+    try:
+        return await read_bounded(request, limit)
+    except BodyTooLarge:
+        return None
+
+
+def _xml(body: bytes, status: int = 200) -> Response:
+    return Response(body, status_code=status, media_type=XML)
+
+
+def _fault(code: int, reason: str) -> Response:
+    return _xml(xmlrpc.dumps_fault(code, reason), status=400)
+
+
+async def receive(request: Request) -> Response:
+    redis: aioredis.Redis = request.app.state.redis
+    settings: Settings = request.app.state.settings
+    token = str(request.path_params.get("token", ""))
+    try:
+        login = await login_for_token(redis, token)
+    except (RedisError, OSError):
+        return Response(status_code=503, headers={"Retry-After": "5"})
+    if login is None:
+        await _count(redis, "unknown_token")
+        return Response(status_code=404)
+
+    body = await _bounded_body(request, MAX_BODY_BYTES)
+    if body is None:
+        await _count(redis, "too_large")
+        return Response(status_code=413)
+    try:
+        method, params = xmlrpc.parse_call(body, MAX_BODY_BYTES)
+    except xmlrpc.XmlRpcError as exc:
+        await _count(redis, exc.reason)
+        log.info("refused STARFACE callback for login %s: %s", login, exc.reason)
+        return _fault(FAULT_PARSE, exc.reason)
+
+    if not _CALL_STATE.fullmatch(method):
+        # Other event services (callChangesIdEvent, MWI, conference) are acknowledged so the PBX
+        # keeps the session healthy, and not queued: the reconciler only needs call states.
+        return _xml(xmlrpc.dumps_response(True))
+    try:
+        event = CallEvent.from_call_state(login, params[0] if params else None, received_at=time.time())
+    except CallFormatError as exc:
+        await _count(redis, "bad_call_state")
+        log.info("refused STARFACE call state for login %s: %s", login, exc)
+        return _fault(FAULT_INVALID_PARAMS, "bad_call_state")
+    try:
+        await append_call(redis, event, settings.presence_stream_maxlen)
+    except (RedisError, OSError):
+        return Response(status_code=503, headers={"Retry-After": "5"})
+    return _xml(xmlrpc.dumps_response(True))
+
+
+async def append_call(redis: aioredis.Redis, event: CallEvent, maxlen: int) -> str:
+    fields: Any = event.to_fields()
+    entry_id = await redis.xadd(keys.CALL_STREAM, fields, maxlen=maxlen, approximate=True)
+    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
+def routes() -> list[BaseRoute]:
+    return [Route(PATH_PREFIX + "{token}", receive, methods=["POST"])]

@@ -1,0 +1,189 @@
+"""The whole bridge between both sandboxes, over real sockets and TLS, on a real Valkey."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.core.settings import FIELDS
+from service.sandbox.demo import DemoWorld, Person
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def world_factory(tmp_path: Path, redis_url: str) -> AsyncIterator[Callable[..., Any]]:
+    worlds: list[DemoWorld] = []
+
+    async def factory(**options: Any) -> DemoWorld:
+        world = DemoWorld(tmp_path / f"world-{len(worlds)}", redis_url=redis_url, **options)
+        worlds.append(world)
+        await world.start()
+        await world.ready()
+        return world
+
+    yield factory
+    for world in worlds:
+        await world.close()
+
+
+async def dnd_history(world: DemoWorld, person: Person) -> list[bool]:
+    history = await world.starface_control("GET", f"/control/users/{person.login}/history")
+    return [bool(entry["value"]) for entry in history["dnd"]]
+
+
+async def test_teams_call_sets_dnd_and_status_text_and_hang_up_clears(
+    world_factory: Callable[..., Any],
+) -> None:
+    world: DemoWorld = await world_factory(users=2)
+    anna, ben = world.people
+    await world.set_teams(anna, "Busy", "InACall")
+    await world.expect_starface(anna, True, "Im Gespräch")
+    await world.set_teams(anna, "Available", "Available")
+    await world.expect_starface(anna, False, "Verfügbar")
+    assert await world.starface_state(ben) == (False, "Verfügbar")  # nobody else touched
+    assert await world.teams_presence(anna) == "Available/Available"  # the bridge set no Teams session
+
+
+async def test_starface_call_shows_busy_in_teams_and_hang_up_clears(
+    world_factory: Callable[..., Any],
+) -> None:
+    world: DemoWorld = await world_factory(users=2)
+    ben = world.people[1]
+    call = await world.place_call(ben)
+    await asyncio.sleep(1.0)
+    assert await world.teams_presence(ben) == "Available/Available"  # ringing alone does not count
+    await world.answer(call)
+    await world.expect_teams(ben, "Busy/InACall")
+    # Graph reports the bridge's own session back; it must never become STARFACE DND.
+    await asyncio.sleep(1.5)
+    assert await world.starface_state(ben) == (False, "Verfügbar")
+    assert not any(await dnd_history(world, ben))  # DND was never switched on
+    await world.hang_up(call)
+    await world.expect_teams(ben, "Available/Available")
+    assert not any(await dnd_history(world, ben))  # DND was never switched on
+
+
+async def test_a_call_longer_than_the_presence_lifetime_stays_busy(world_factory: Callable[..., Any]) -> None:
+    # Bridge and Graph sandbox share one clock, run 30 times faster: 5 minutes pass in 10 s.
+    world: DemoWorld = await world_factory(users=1, graph_clock=True)
+    anna = world.people[0]
+    call = await world.place_call(anna)
+    await world.answer(call)
+    await world.expect_teams(anna, "Busy/InACall")
+    await world.graph_control("PUT", "/clock", {"speed": 30})
+    started = world.graph.clock.now() if world.graph else 0.0
+    while world.graph and world.graph.clock.now() - started < 12 * 60:  # 12 sandbox minutes
+        assert await world.teams_presence(anna) == "Busy/InACall"
+        await asyncio.sleep(0.5)
+    await world.graph_control("PUT", "/clock", {"speed": 1})
+    await world.hang_up(call)
+
+    async def not_busy() -> tuple[bool, str]:
+        seen = await world.teams_presence(anna)
+        return seen != "Busy/InACall", seen
+
+    await world.wait_for("Anna no longer Busy in Teams after hanging up", not_busy, 30)
+
+
+def _bridge_process(world: DemoWorld, role: str) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if k not in {f.env for f in FIELDS}}
+    env.update(world.environment())
+    return subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--role", role],
+        env=env,
+        cwd=world.state_dir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def test_sigkilled_worker_mid_burst_loses_nothing_and_never_flaps(
+    world_factory: Callable[..., Any],
+) -> None:
+    from service.core import keys
+    from service.core.storage import connect_worker
+
+    world: DemoWorld = await world_factory(users=5, roles=("web", "scheduler", "worker"))
+    # Hand the work over to worker processes: stop the in-process worker first.
+    in_process = world.runtimes.pop()
+    await in_process.close()
+    first = _bridge_process(world, "worker")
+    second: subprocess.Popen[bytes] | None = None
+    assert world.redis_url is not None
+    redis = connect_worker(world.redis_url)
+    try:
+        await asyncio.sleep(2.0)  # the worker process is up and consuming
+        # A burst: everybody joins a Teams call, then ends it.
+        for person in world.people:
+            await world.set_teams(person, "Busy", "InACall")
+        for _ in range(100):
+            pending = await redis.xpending(keys.PRESENCE_STREAM, keys.WORKER_GROUP)
+            if pending["pending"]:
+                break
+            await asyncio.sleep(0.01)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        for person in world.people:
+            await world.set_teams(person, "Available", "Available")
+        second = _bridge_process(world, "worker")
+        for person in world.people:
+            await world.expect_starface(person, False, "Verfügbar", within=60)
+        # What the user sees on the phone only ever moved forward: off -> on -> off at most.
+        for person in world.people:
+            history = await dnd_history(world, person)
+            changes = [v for i, v in enumerate(history) if i == 0 or v != history[i - 1]]
+            assert changes in ([False], [False, True, False]), (person.login, history)
+        assert await redis.xlen(keys.DEAD_LETTER_STREAM) == 0
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        await redis.aclose()
+
+
+def test_the_demo_runs_and_every_expectation_holds(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in {f.env for f in FIELDS}}
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "demo", "--state-dir", str(tmp_path / "demo")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Every expectation held" in result.stdout
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - started < 60
+
+
+async def test_the_last_worker_to_stop_logs_the_uci_sessions_out(world_factory: Callable[..., Any]) -> None:
+    world: DemoWorld = await world_factory(users=2, roles=("web", "scheduler", "worker", "worker"))
+    anna = world.people[0]
+    session = await world.starface_control("GET", f"/control/users/{anna.login}/session")
+    assert session["id"]
+    second_worker = world.runtimes.pop()
+    await second_worker.close()  # another worker is still running: the sessions stay
+    assert (await world.starface_control("GET", f"/control/users/{anna.login}/session"))["id"] == session[
+        "id"
+    ]
+    last_worker = world.runtimes.pop()
+    await last_worker.close()  # the last one out logs everyone out
+    with pytest.raises(RuntimeError, match="404"):
+        await world.starface_control("GET", f"/control/users/{anna.login}/session")

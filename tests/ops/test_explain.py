@@ -1,0 +1,103 @@
+"""``explain`` and ``mapping preview`` read the real stores and change nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from service.bridge.decisions import DecisionLog, DecisionRecord
+from service.bridge.identity import IdentityStore
+from service.bridge.mapping import default_mapping, parse_mapping
+from service.bridge.observed import ObservedStore
+from service.bridge.userstate import UserStateStore
+from service.core import keys
+from service.core.settings import Settings
+from service.graph.presence import PresenceChange, TeamsPresence
+from service.ops.explain import UnknownPerson, explain, find, preview
+from service.ops.status import collect, healthy, render
+from service.starface.directory import DirectoryStore, DirectoryUser, Selection
+
+USER = "eeee0000-0000-4000-8000-000000000005"
+ANNA = DirectoryUser("0001", 1, "Anna.Alt@example.com", "Anna", "Alt", ("Vertrieb", "7"))
+
+
+async def seed(redis: aioredis.Redis) -> None:
+    await DirectoryStore(redis).save(Selection((ANNA,), ()), refreshed_at=1.0)
+    await IdentityStore(redis).replace({USER: "0001"})
+    await ObservedStore(redis).apply(PresenceChange(USER, "Busy", "InACall", sequence="5", received_at=10.0))
+    await UserStateStore(redis).update_bridge(
+        USER, applied_dnd=True, applied_text="Im Gespräch", own_teams=TeamsPresence("Busy", "InACall")
+    )
+    await DecisionLog(redis).append(
+        DecisionRecord(
+            at=11.0,
+            user_id=USER,
+            login="0001",
+            trigger="presence",
+            inputs={"teams": "Busy/InACall"},
+            rule="row Busy/InACall: DND on",
+            actions=["STARFACE DND on"],
+            results=["ok"],
+            latency_ms=42.0,
+        )
+    )
+
+
+async def test_explain_by_login_and_by_email(redis_client: aioredis.Redis) -> None:
+    await seed(redis_client)
+    for who in ("0001", "anna.alt@EXAMPLE.com"):
+        text = await explain(redis_client, who, now=20.0)
+        assert "STARFACE login 0001, Anna Alt <Anna.Alt@example.com>" in text
+        assert USER in text
+        assert "groups         Vertrieb, 7" in text
+        assert "Teams presence  Busy/InACall (seq 5" in text
+        assert "applied         DND on, status text 'Im Gespräch'" in text
+        assert "STARFACE DND on -> ok" in text
+        assert "42 ms" in text
+
+
+async def test_explain_unknown_person(redis_client: aioredis.Redis) -> None:
+    await seed(redis_client)
+    with pytest.raises(UnknownPerson, match=r"nobody@example\.com"):
+        await find(redis_client, "nobody@example.com")
+
+
+async def test_preview_shows_what_a_mapping_would_change_and_changes_nothing(
+    redis_client: aioredis.Redis,
+) -> None:
+    await seed(redis_client)
+    assert await preview(redis_client, default_mapping("de"), now=20.0) == [
+        "    0001  Teams Busy/InACall: no change"
+    ]
+    quieter = parse_mapping(
+        'base = "de"\n[rows]\n"Busy/InACall" = { dnd = false, text = "Telefoniert (Teams)" }'
+    )
+    lines = await preview(redis_client, quieter, now=20.0)
+    assert lines == [
+        "    0001  Teams Busy/InACall: DND on -> off; text 'Im Gespräch' -> 'Telefoniert (Teams)'"
+    ]
+    record = await UserStateStore(redis_client).bridge(USER)
+    assert (record.applied_dnd, record.applied_text) == (True, "Im Gespräch")
+
+
+async def test_status_reports_problems_an_operator_must_see(
+    redis_client: aioredis.Redis, make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings(GRAPH_SERVICE_ACCOUNTS="sync@example.com")
+    report = await collect(redis_client, settings)
+    assert healthy(report)
+    await seed(redis_client)
+    await UserStateStore(redis_client).update_bridge(USER, failures=3, last_error="STARFACE DND on: refused")
+    await redis_client.xadd(
+        keys.DEAD_LETTER_STREAM, {"stream": "presence", "reason": "bad entry", "deliveries": "5"}
+    )
+    report = await collect(redis_client, settings)
+    assert not healthy(report)
+    text = render(report)
+    assert "sync@example.com: no subscription" in text
+    assert "dead letters: 1" in text
+    assert "presence: bad entry after 5 tries" in text
+    assert "login 0001: STARFACE DND on: refused" in text
+    assert "STARFACE directory: 1 user(s) selected" in text

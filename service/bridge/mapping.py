@@ -27,14 +27,12 @@ is why a row has exactly those two fields.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 import functools
 import importlib.resources
 import json
 import re
-import sys
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -505,32 +503,3 @@ def format_table(mapping: Mapping) -> str:
             if override.rows:
                 lines += _row_lines(override.rows, "     ")
     return "\n".join(lines)
-
-
-# -- CLI: presence-bridge mapping check [FILE] -------------------------------------------------
-
-
-def add_check_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "file",
-        nargs="?",
-        type=Path,
-        help="mapping TOML file to check; omitted: show the built-in table",
-    )
-    parser.add_argument(
-        "--language",
-        choices=LANGUAGES,
-        default="de",
-        help="built-in table to show when no FILE is given (default: de)",
-    )
-
-
-def run_check(args: argparse.Namespace) -> int:
-    """Print the effective table and return 0, or print the problems to stderr and return 2."""
-    try:
-        mapping = load_mapping(args.file, language=getattr(args, "language", "de"))
-    except MappingError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    print(format_table(mapping))
-    return 0

@@ -1,7 +1,7 @@
 """Command-line entry points: ``presence-bridge login <account>`` and ``presence-bridge renew``.
 
-Both exit 0 on success and 2 with one clear line on any failure an operator can fix; no
-traceback, and never a token or password in the output.
+Exit codes and messages follow ``service.cli.policy``: one line, no traceback, and never a token
+or password in the output.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import TextIO
 
 import redis.asyncio as aioredis
 
+from service.cli.policy import EXIT_FAILURE, EXIT_USAGE, CommandFailed, UsageError, say
 from service.core.secretbox import SealError, SecretBox
 from service.core.settings import Settings
 from service.graph.client import GraphError
@@ -39,8 +40,8 @@ _EXPECTED: tuple[type[BaseException], ...] = (
 )
 
 
-class CommandError(Exception):
-    """A one-line reason the command cannot do its job."""
+class CommandError(UsageError):
+    """A one-line reason the command cannot do its job as configured (exit 2)."""
 
 
 def add_login_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,12 +88,16 @@ def _run(job: Callable[[], Coroutine[None, None, int]], err: TextIO) -> int:
     try:
         return asyncio.run(job())
     except CommandError as exc:
-        print(f"error: {exc}", file=err)
+        say(str(exc), err)
+        return EXIT_USAGE
+    except CommandFailed as exc:
+        say(str(exc), err)
+        return EXIT_FAILURE
     except _EXPECTED as exc:
-        print(f"error: {exc}".splitlines()[0], file=err)
+        say(str(exc) or type(exc).__name__, err)
     except KeyboardInterrupt:
-        print("error: interrupted", file=err)
-    return 2
+        say("interrupted", err)
+    return EXIT_FAILURE
 
 
 def run_login(
@@ -176,7 +181,7 @@ def run_renew(
                 raise CommandError(str(report.shortfall))
             if report.errors:
                 more = f" (and {len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
-                raise CommandError(f"{report.errors[0]}{more}")
+                raise CommandFailed(f"{report.errors[0]}{more}")
             actions = ", ".join(f"{o.account}: {o.action.value}" for o in report.outcomes) or "no accounts"
             print(f"{report.users} users; {actions}; {report.resynced} presences resynced", file=out)
             return 0

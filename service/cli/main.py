@@ -17,27 +17,20 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeAlias
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
+from service.cli.policy import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PREFIX, CommandFailed, UsageError, say
+from service.cli.store import valkey_dir, with_redis
 from service.core.embedded import EmbeddedValkey, EmbeddedValkeyError, redis_url_for
 from service.core.settings import CORE, GRAPH_APP, ROLES, Settings, SettingsError, required_groups
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
 
 log = logging.getLogger("presence_bridge")
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
-
-
-class CommandFailed(Exception):
-    """A one-line reason a command failed at run time (exit 1)."""
 
 
 def configure_logging(level: str) -> None:
@@ -48,30 +41,6 @@ def configure_logging(level: str) -> None:
 
 def _settings(require: Sequence[str]) -> Settings:
     return Settings.from_env(require=require)
-
-
-def _valkey_dir(settings: Settings) -> Path:
-    return Path(settings.data_dir) / "valkey"
-
-
-def _with_redis(settings: Settings, job: Callable[[aioredis.Redis], Awaitable[int]]) -> int:
-    """Run ``job`` with a Redis client on the configured or embedded server."""
-
-    async def run(url: str) -> int:
-        client = aioredis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
-        try:
-            return await job(client)
-        finally:
-            await client.aclose()
-
-    try:
-        with redis_url_for(settings.redis_url, _valkey_dir(settings)) as url:
-            return asyncio.run(run(url))
-    except EmbeddedValkeyError as exc:
-        raise CommandFailed(f"cannot start the embedded Valkey: {exc}") from None
-    except (RedisError, OSError) as exc:
-        # The URL may carry a password: name the error type only.
-        raise CommandFailed(f"Redis is unreachable ({type(exc).__name__}); check REDIS_URL") from None
 
 
 # -- serve -------------------------------------------------------------------------------------
@@ -108,32 +77,32 @@ def _add_serve(sub: Subparsers) -> None:
 
 def _run_serve(args: argparse.Namespace) -> int:
     if (args.tls_cert is None) != (args.tls_key is None):
-        print("presence-bridge: --tls-cert and --tls-key go together", file=sys.stderr)
+        say("--tls-cert and --tls-key go together")
         return EXIT_USAGE
     if args.tls_cert is not None:
         try:  # a missing file or a key that does not fit is a usage error, not a traceback later
             ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(args.tls_cert, args.tls_key)
         except (OSError, ssl.SSLError) as exc:
-            print(f"presence-bridge: cannot use --tls-cert/--tls-key: {exc.strerror or exc}", file=sys.stderr)
+            say(f"cannot use --tls-cert/--tls-key: {exc.strerror or exc}")
             return EXIT_USAGE
     settings = _settings(required_groups(args.role))
     if args.role in ("all", "web"):
         problem = _cannot_listen(args.host, args.port)
         if problem:
-            print(f"presence-bridge: cannot listen on {args.host}:{args.port}: {problem}", file=sys.stderr)
+            say(f"cannot listen on {args.host}:{args.port}: {problem}")
             return EXIT_FAILURE
     configure_logging(settings.log_level)
     embedded: EmbeddedValkey | None = None
     redis_url = settings.redis_url
     if redis_url is None:
-        embedded = EmbeddedValkey(_valkey_dir(settings))
+        embedded = EmbeddedValkey(valkey_dir(settings))
         log.warning(
             "embedded Valkey in %s: for one machine only; set REDIS_URL to scale out", embedded.data_dir
         )
         try:
             embedded.start()
         except EmbeddedValkeyError as exc:
-            print(f"presence-bridge: cannot start the embedded Valkey: {exc}", file=sys.stderr)
+            say(f"cannot start the embedded Valkey: {exc}")
             return EXIT_FAILURE
         redis_url = embedded.url
     try:
@@ -189,38 +158,50 @@ def _str(path: Path | None) -> str | None:
 # -- sandboxes ---------------------------------------------------------------------------------
 
 
-def _add_sandbox(sub: Subparsers) -> None:
-    from service.sandbox import graph, starface
+_SANDBOXES = {
+    "graph": (
+        "Entra ID + Microsoft Graph presence stand-in (docs/sandbox-graph.md)",
+        "Serve Entra ID and Graph presence over TLS from a throwaway CA (docs/sandbox-graph.md).",
+    ),
+    "starface": (
+        "STARFACE PBX stand-in: REST, UCI, callbacks (docs/sandbox-starface.md)",
+        "Serve STARFACE REST and UCI with a control API; see docs/sandbox-starface.md.",
+    ),
+}
 
+
+def _add_sandbox(sub: Subparsers) -> None:
+    # Only names and help here: the sandboxes are large and no other command may import them, so
+    # ``sandbox NAME ...`` is parsed by the sandbox's own parser (``_run_sandbox``).
     parser = sub.add_parser(
         "sandbox",
         help="run a stand-in for Microsoft Graph/Entra ID or for a STARFACE PBX",
         description="Faithful sandboxes of the outside systems, over TLS, for trying the bridge out.",
     )
     which = parser.add_subparsers(dest="sandbox", required=True, metavar="SANDBOX")
-    graph_parser = which.add_parser(
-        "graph",
-        help="Entra ID + Microsoft Graph presence stand-in (docs/sandbox-graph.md)",
-        description="Serve Entra ID and Graph presence over TLS from a throwaway CA (docs/sandbox-graph.md).",
-    )
-    graph.add_arguments(graph_parser)
-    graph_parser.set_defaults(handler=_run_graph_sandbox)
-    starface_parser = which.add_parser(
-        "starface",
-        help="STARFACE PBX stand-in: REST, UCI, callbacks (docs/sandbox-starface.md)",
-        description="Serve STARFACE REST and UCI with a control API; see docs/sandbox-starface.md.",
-    )
-    starface.add_arguments(starface_parser)
-    starface_parser.set_defaults(handler=starface.run)
+    for name, (summary, description) in _SANDBOXES.items():
+        which.add_parser(name, help=summary, description=description, add_help=False)
 
 
-def _run_graph_sandbox(args: argparse.Namespace) -> int:
-    from service.sandbox import graph
+def sandbox_parser(name: str) -> tuple[argparse.ArgumentParser, Callable[[argparse.Namespace], int]]:
+    """The whole parser of ``sandbox NAME`` and its runner; this imports the sandbox."""
+    import importlib
 
-    # It serves from a thread and stops cleanly on KeyboardInterrupt; SIGTERM (docker stop,
-    # systemd, kill) would otherwise end the process with -15 without stopping the server.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    return graph.run(args)
+    module = importlib.import_module(f"service.sandbox.{name}")
+    parser = argparse.ArgumentParser(prog=f"presence-bridge sandbox {name}", description=_SANDBOXES[name][1])
+    module.add_arguments(parser)
+    runner: Callable[[argparse.Namespace], int] = module.run
+    return parser, runner
+
+
+def _run_sandbox(name: str, argv: Sequence[str]) -> int:
+    parser, runner = sandbox_parser(name)
+    args = parser.parse_args(list(argv))
+    if name == "graph":
+        # It serves from a thread and stops cleanly on KeyboardInterrupt; SIGTERM (docker stop,
+        # systemd, kill) would otherwise end the process with -15 without stopping the server.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    return runner(args)
 
 
 # -- Graph service accounts --------------------------------------------------------------------
@@ -245,7 +226,7 @@ def _run_login(args: argparse.Namespace) -> int:
     from service.cli.accounts import run_login
 
     settings = _settings([CORE])
-    with redis_url_for(settings.redis_url, _valkey_dir(settings)) as url:
+    with redis_url_for(settings.redis_url, valkey_dir(settings)) as url:
         return run_login(args, settings, redis_url=url)
 
 
@@ -268,7 +249,7 @@ def _run_renew(args: argparse.Namespace) -> int:
     from subscriptions.users import Resolution
 
     settings = _settings([CORE, GRAPH_APP])
-    with redis_url_for(settings.redis_url, _valkey_dir(settings)) as url:
+    with redis_url_for(settings.redis_url, valkey_dir(settings)) as url:
 
         async def emails() -> list[str]:
             client = aioredis.Redis.from_url(url)
@@ -309,10 +290,10 @@ def _run_subscriptions(args: argparse.Namespace) -> int:
 
     settings = _settings([CORE, GRAPH_APP])
     if not Path(args.emails_file).is_file():
-        print(f"presence-bridge: --emails-file {args.emails_file} does not exist", file=sys.stderr)
+        say(f"--emails-file {args.emails_file} does not exist")
         return EXIT_USAGE
     configure_logging(settings.log_level)
-    with redis_url_for(settings.redis_url, _valkey_dir(settings)) as url:
+    with redis_url_for(settings.redis_url, valkey_dir(settings)) as url:
         return asyncio.run(
             serve_scheduler(settings, url, emails_from_file(args.emails_file), args.pass_seconds)
         )
@@ -344,7 +325,7 @@ def _run_status(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2, default=str) if args.json else status.render(report))
         return EXIT_OK if status.healthy(report) else EXIT_FAILURE
 
-    return _with_redis(settings, job)
+    return with_redis(settings, job)
 
 
 def _add_explain(sub: Subparsers) -> None:
@@ -367,18 +348,18 @@ def _run_explain(args: argparse.Namespace) -> int:
         try:
             print(await explain(redis, args.who, limit=max(1, args.limit)))
         except UnknownPerson as exc:
-            print(f"presence-bridge: {exc}", file=sys.stderr)
+            say(f"{exc}")
             return EXIT_USAGE
         return EXIT_OK
 
-    return _with_redis(settings, job)
+    return with_redis(settings, job)
 
 
 # -- mapping -----------------------------------------------------------------------------------
 
 
 def _add_mapping(sub: Subparsers) -> None:
-    from service.bridge import mapping
+    from service.cli import mapping
 
     parser = sub.add_parser(
         "mapping",
@@ -402,33 +383,14 @@ def _add_mapping(sub: Subparsers) -> None:
         description="Apply a mapping to every bridged user's current state and print the differences.",
     )
     mapping.add_check_arguments(preview)
-    preview.set_defaults(handler=_run_preview)
-
-
-def _run_preview(args: argparse.Namespace) -> int:
-    from service.bridge.mapping import MappingError, load_mapping
-    from service.ops.explain import preview
-
-    try:
-        table = load_mapping(args.file, language=args.language)
-    except MappingError as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_USAGE
-    settings = _settings([])
-
-    async def job(redis: aioredis.Redis) -> int:
-        for line in await preview(redis, table):
-            print(line)
-        return EXIT_OK
-
-    return _with_redis(settings, job)
+    preview.set_defaults(handler=mapping.run_preview)
 
 
 # -- STARFACE credentials ----------------------------------------------------------------------
 
 
 def _add_starface(sub: Subparsers) -> None:
-    from service.starface import credentials
+    from service.cli import credentials
 
     parser = sub.add_parser(
         "starface",
@@ -449,10 +411,10 @@ def _add_starface(sub: Subparsers) -> None:
 
 
 def _run_credentials(args: argparse.Namespace) -> int:
-    from service.starface import credentials
+    from service.cli import credentials
 
     settings = Settings.from_env(require=())
-    with redis_url_for(settings.redis_url, _valkey_dir(settings)) as url:
+    with redis_url_for(settings.redis_url, valkey_dir(settings)) as url:
         return credentials.run(args, redis_url=url)
 
 
@@ -502,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Exit codes: 0 ok, 1 failure, 2 bad usage or configuration."
         ),
     )
+    parser.add_argument("--version", action="version", version=f"presence-bridge {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(sub)
     _add_demo(sub)
@@ -516,20 +479,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler: Callable[[argparse.Namespace], int] = args.handler
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        return handler(args)
+        return version("presence-bridge")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    if len(words) >= 2 and words[0] == "sandbox" and words[1] in _SANDBOXES:
+        return _guarded(lambda: _run_sandbox(words[1], words[2:]))
+    parser = build_parser()
+    args = parser.parse_args(words)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return _guarded(lambda: handler(args))
+
+
+def _guarded(run: Callable[[], int]) -> int:
+    """The one place where a known error becomes its message and exit code."""
+    try:
+        return run()
     except SettingsError as exc:
-        print(f"presence-bridge: {exc}", file=sys.stderr)
+        # Every problem is listed, one per line, so the whole configuration is fixed in one round.
+        print(f"{PREFIX}{exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as exc:
+        say(str(exc))
         return EXIT_USAGE
     except CommandFailed as exc:
-        print(f"presence-bridge: {exc}", file=sys.stderr)
+        say(str(exc))
         return EXIT_FAILURE
     except EmbeddedValkeyError as exc:
-        print(f"presence-bridge: cannot start the embedded Valkey: {exc}", file=sys.stderr)
+        say(f"cannot start the embedded Valkey: {exc}")
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_OK

@@ -23,14 +23,13 @@ from service.bridge.mapping import (
     MappingError,
     Row,
     Switches,
-    add_check_arguments,
     default_mapping,
     format_table,
     load_mapping,
     mapping_from_data,
     parse_mapping,
-    run_check,
 )
+from service.cli.mapping import add_check_arguments, run_check
 from service.graph.presence import ACTIVITIES, AVAILABILITIES, CALL_PRESENCES, DND_PRESENTING, TeamsPresence
 
 WriteMapping = Callable[[str], Path]

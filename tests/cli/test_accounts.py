@@ -45,16 +45,16 @@ async def test_login_with_password_from_stdin(subscription_world: WorldFactory) 
     assert await world.redis.hexists(keys.TOKEN_CACHES, world.accounts[0])
 
 
-async def test_login_failure_is_one_line_and_exit_2(subscription_world: WorldFactory) -> None:
+async def test_refused_login_is_one_line_and_exit_1(subscription_world: WorldFactory) -> None:
     world = await subscription_world(users=1, accounts=1, login=False)
     out, err = io.StringIO(), io.StringIO()
     args = _login_args(world.accounts[0], "--password", "--password-stdin")
     code = await asyncio.to_thread(
         run_login, args, world.settings, out=out, err=err, stdin=io.StringIO("wrong-password\n")
     )
-    assert code == 2
+    assert code == 1
     assert err.getvalue().count("\n") == 1
-    assert err.getvalue().startswith("error: ")
+    assert err.getvalue().startswith("presence-bridge: ")
     assert "wrong-password" not in err.getvalue()
     assert "Traceback" not in err.getvalue()
     unknown = await asyncio.to_thread(

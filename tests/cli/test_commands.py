@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 
 from service.bridge.decisions import DecisionLog, DecisionRecord
 from service.bridge.identity import IdentityStore
-from service.cli.main import build_parser
+from service.cli.main import build_parser, sandbox_parser
 from service.core import keys
 from service.core.embedded import free_port
 from service.core.settings import CORE, FIELDS, required_groups
@@ -100,6 +100,8 @@ def command_tree(
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, child in action.choices.items():
+                if path == ("sandbox",):  # the top level holds only its name; the sandbox has the rest
+                    child = sandbox_parser(name)[0]
                 yield from command_tree(child, (*path, name))
 
 
@@ -123,7 +125,18 @@ def option_names(parser: argparse.ArgumentParser) -> list[str]:
 
 
 COMMAND_TREE = list(command_tree(build_parser()))
-TOP_LEVEL = ("serve", "demo", "sandbox", "login", "renew", "status", "explain", "mapping", "starface")
+TOP_LEVEL = (
+    "serve",
+    "demo",
+    "sandbox",
+    "login",
+    "renew",
+    "subscriptions",
+    "status",
+    "explain",
+    "mapping",
+    "starface",
+)
 
 
 def test_the_command_tree_is_complete() -> None:
@@ -375,7 +388,7 @@ async def test_credentials_import_set_list_delete(
     assert deleted.returncode == 0, describe(deleted)
     assert deleted.stdout == "deleted STARFACE credentials for login 0002\n"
     assert not_there.returncode == 2, describe(not_there)
-    assert not_there.stderr == "error: no credentials stored for login '0009'\n"
+    assert not_there.stderr == "presence-bridge: no credentials stored for login '0009'\n"
 
     listed = run_cli(["starface", "credentials", "list"], redis_env, tmp_path)
     assert listed.returncode == 0, describe(listed)
@@ -403,13 +416,16 @@ async def test_credentials_errors_store_nothing(
     )
     assert bad.returncode == 2, describe(bad)
     assert bad.stderr == (
-        "error: credentials file not imported, nothing stored: "
+        "presence-bridge: credentials file not imported, nothing stored: "
         "line 3: password is empty; line 4: login repeats line 2\n"
     )
     assert absent.returncode == 2, describe(absent)
-    assert absent.stderr == "error: cannot read 'absent.csv': No such file or directory\n"
+    assert absent.stderr == "presence-bridge: cannot read 'absent.csv': No such file or directory\n"
     assert keyless.returncode == 2, describe(keyless)
-    assert keyless.stderr == "error: BRIDGE_SECRET_KEY is missing: it encrypts the stored credentials\n"
+    assert (
+        keyless.stderr
+        == "presence-bridge: BRIDGE_SECRET_KEY is missing: it encrypts the stored credentials\n"
+    )
     for result in (bad, absent, keyless):
         assert result.stdout == ""
         assert_no_traceback(result.stderr)
@@ -471,13 +487,12 @@ def test_status_exit_code_reflects_health(tmp_path: Path, redis_env: dict[str, s
 
 def test_redis_unreachable_is_one_line_without_the_password(tmp_path: Path, core_env: dict[str, str]) -> None:
     env = {**core_env, "REDIS_URL": f"redis://:secretpw@127.0.0.1:{free_port()}/0"}
-    # status (like explain and mapping preview) goes through the CLI's Redis wrapper: exit 1;
-    # the credentials commands report it themselves: exit 2.
+    # A Redis that cannot be reached is a run-time failure for every command: exit 1.
     status, credentials = run_many([["status"], ["starface", "credentials", "list"]], env, tmp_path)
     assert status.returncode == 1, describe(status)
     assert status.stderr == "presence-bridge: Redis is unreachable (ConnectionError); check REDIS_URL\n"
-    assert credentials.returncode == 2, describe(credentials)
-    assert credentials.stderr == "error: Redis (REDIS_URL) failed: ConnectionError\n"
+    assert credentials.returncode == 1, describe(credentials)
+    assert credentials.stderr == "presence-bridge: Redis (REDIS_URL) failed: ConnectionError\n"
     for result in (status, credentials):
         assert result.stdout == ""
         assert "secretpw" not in result.stderr
@@ -573,7 +588,7 @@ def test_login_and_renew_configuration_errors(
         tmp_path,
     )
     assert unlisted.returncode == 2, describe(unlisted)
-    assert unlisted.stderr == "error: other@contoso.test is not listed in GRAPH_SERVICE_ACCOUNTS\n"
+    assert unlisted.stderr == "presence-bridge: other@contoso.test is not listed in GRAPH_SERVICE_ACCOUNTS\n"
     assert unconfigured.returncode == 2, describe(unconfigured)
     wanted = missing_keys([CORE])
     assert f"presence-bridge: configuration has {len(wanted)} problem(s)" in unconfigured.stderr

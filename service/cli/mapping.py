@@ -1,0 +1,58 @@
+"""``presence-bridge mapping check|preview``: validate a mapping file, or show what it would change."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from service.bridge.mapping import LANGUAGES, MappingError, format_table, load_mapping
+from service.cli.policy import EXIT_OK, EXIT_USAGE
+from service.cli.store import with_redis
+from service.core.settings import Settings
+
+
+def add_check_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "file",
+        nargs="?",
+        type=Path,
+        help="mapping TOML file to check; omitted: show the built-in table",
+    )
+    parser.add_argument(
+        "--language",
+        choices=LANGUAGES,
+        default="de",
+        help="built-in table to show when no FILE is given (default: de)",
+    )
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """Print the effective table and return 0, or print the problems to stderr and return 2."""
+    try:
+        mapping = load_mapping(args.file, language=getattr(args, "language", "de"))
+    except MappingError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    print(format_table(mapping))
+    return EXIT_OK
+
+
+def run_preview(args: argparse.Namespace) -> int:
+    from service.ops.explain import preview
+
+    try:
+        table = load_mapping(args.file, language=args.language)
+    except MappingError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    settings = Settings.from_env(require=())
+
+    async def job(redis: aioredis.Redis) -> int:
+        for line in await preview(redis, table):
+            print(line)
+        return EXIT_OK
+
+    return with_redis(settings, job)

@@ -1,0 +1,38 @@
+"""How a command reaches the bridge's Redis: ``REDIS_URL``, else the embedded Valkey in ``DATA_DIR``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from service.cli.policy import CommandFailed
+from service.core.embedded import EmbeddedValkeyError, redis_url_for
+from service.core.settings import Settings
+
+
+def valkey_dir(settings: Settings) -> Path:
+    return Path(settings.data_dir) / "valkey"
+
+
+def with_redis(settings: Settings, job: Callable[[aioredis.Redis], Awaitable[int]]) -> int:
+    """Run ``job`` with a Redis client on the configured or embedded server."""
+
+    async def run(url: str) -> int:
+        client = aioredis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+        try:
+            return await job(client)
+        finally:
+            await client.aclose()
+
+    try:
+        with redis_url_for(settings.redis_url, valkey_dir(settings)) as url:
+            return asyncio.run(run(url))
+    except EmbeddedValkeyError as exc:
+        raise CommandFailed(f"cannot start the embedded Valkey: {exc}") from None
+    except (RedisError, OSError) as exc:
+        # The URL may carry a password: name the error type only.
+        raise CommandFailed(f"Redis is unreachable ({type(exc).__name__}); check REDIS_URL") from None

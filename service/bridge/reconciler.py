@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
 import time
@@ -30,11 +31,12 @@ from service.bridge.decisions import DecisionLog, DecisionRecord
 from service.bridge.desired import BridgeSession, Decision, ObservedUser, decide, echo_of_bridge
 from service.bridge.due import Schedule
 from service.bridge.identity import IdentityStore
-from service.bridge.mapping import Mapping
+from service.bridge.mapping import Mapping, format_table
 from service.bridge.observed import ObservedPresence, ObservedStore
 from service.bridge.streams import Entry
 from service.bridge.userstate import BridgeRecord, Call, UserStateStore
-from service.core import metrics
+from service.core import keys, metrics
+from service.core.storage import decoded
 from service.graph.presence import PresenceChange, TeamsPresence
 from service.graph.teams import TeamsGateway
 from service.starface.calls import CallEvent, CallFormatError
@@ -216,6 +218,17 @@ class Reconciler:
     async def mark_all(self, user_ids: Iterable[str]) -> None:
         """After a mapping or directory change: everyone is reconciled once more."""
         await self.schedule.mark(list(user_ids), self.clock())
+
+    async def adopt_mapping(self) -> bool:
+        """Record the mapping this process applies; if the bridge last ran with another one, every
+        linked user is reconciled once more, so a changed mapping reaches users without waiting
+        for their next Teams change.  Returns whether the mapping changed."""
+        digest = hashlib.sha256(format_table(self.mapping).encode("utf-8")).hexdigest()
+        previous = await self.redis.set(keys.MAPPING_DIGEST, digest, get=True)
+        if previous is not None and decoded(previous) == digest:
+            return False
+        await self.mark_all((await self.identity.all()).keys())
+        return True
 
     # -- passes --------------------------------------------------------------------------------
 

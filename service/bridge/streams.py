@@ -47,16 +47,6 @@ def _decode(fields: dict[Any, Any]) -> dict[str, str]:
     }
 
 
-async def append_presence(redis: aioredis.Redis, change: PresenceChange, maxlen: int) -> str:
-    entry_id = await redis.xadd(
-        keys.PRESENCE_STREAM,
-        change.to_fields(),  # type: ignore[arg-type]
-        maxlen=maxlen,
-        approximate=True,
-    )
-    return str(entry_id.decode() if isinstance(entry_id, bytes) else entry_id)
-
-
 async def append_presence_batch(redis: aioredis.Redis, changes: list[PresenceChange], maxlen: int) -> None:
     """One round trip for a whole notification batch; MULTI so a batch is queued whole or not at all."""
     async with redis.pipeline(transaction=True) as pipe:

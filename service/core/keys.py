@@ -27,7 +27,6 @@ SUBSCRIPTION_SECRETS = f"{PREFIX}:{{pb}}:subscription:secrets"
 CERTIFICATES = f"{PREFIX}:{{pb}}:certificates"
 # string: id of the certificate new subscriptions use
 CURRENT_CERTIFICATE = f"{PREFIX}:{{pb}}:certificates:current"
-CERTIFICATE_LOCK = f"{PREFIX}:{{pb}}:certificates:lock"
 
 
 def observed_presence(user_id: str) -> str:
@@ -95,6 +94,8 @@ RECONCILE_DUE = f"{PREFIX}:{{pb}}:reconcile:due"
 RECONCILE_INFLIGHT = f"{PREFIX}:{{pb}}:reconcile:inflight"
 # hashes linking the two identities of a bridged user
 IDENTITY_LOGIN_BY_USER = f"{PREFIX}:{{pb}}:identity:login-by-user"
+# String: SHA-256 of the mapping the workers last started with; a different one re-reconciles everyone.
+MAPPING_DIGEST = f"{PREFIX}:{{pb}}:reconcile:mapping-digest"
 IDENTITY_USER_BY_LOGIN = f"{PREFIX}:{{pb}}:identity:user-by-login"
 CALL_GROUP = "reconcilers"
 

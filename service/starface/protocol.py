@@ -34,8 +34,6 @@ UCI_CALLBACK_USER_PARAM = "de.vertico.starface.user"
 FAULT_NOT_LOGGED_IN = 1
 FAULT_NOT_LOGGED_IN_TEXT = "user is not logged in"
 
-CALL_STATES = ("PROCEEDING", "RINGING", "CONNECTED", "HANGUP")
-
 # [INF] getUserState documents avatarHash, chatPresence, telephonyState, chatPresenceMessage and
 # redirectAlwaysActive; the key carrying the DND flag is an assumption kept in this one place.
 USER_STATE_DND_KEY = "doNotDisturb"

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 
 from service.bridge.decisions import DecisionLog
+from service.bridge.mapping import parse_mapping
 from service.core.settings import Settings
 from service.graph.presence import TeamsPresence
 from tests.bridge.harness import FakeClock, Harness
@@ -228,3 +229,20 @@ async def test_restart_mid_flight_loses_nothing(
     fake_clock.advance(31)
     await h.pump()
     assert h.starface.state[LOGIN] == (True, "Im Gespräch")
+
+
+async def test_a_changed_mapping_reconciles_every_user_again(
+    redis_client: aioredis.Redis, make_settings: Callable[..., Settings], fake_clock: FakeClock
+) -> None:
+    h = await harness(redis_client, make_settings, fake_clock)
+    assert await h.reconciler.adopt_mapping()  # the first start records the mapping
+    await h.pump()
+    assert h.starface.state[LOGIN] == (False, "Verfügbar")
+    h.restart()
+    assert not await h.reconciler.adopt_mapping()  # same mapping: nobody is due
+    assert await h.reconciler.run_due() == 0
+    h.mapping = parse_mapping('base = "de"\n[rows]\n"Available" = { dnd = false, text = "Frei" }\n')
+    h.restart()
+    assert await h.reconciler.adopt_mapping()
+    await h.pump()
+    assert h.starface.state[LOGIN] == (False, "Frei")

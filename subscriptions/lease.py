@@ -1,8 +1,9 @@
 """A Redis lease that makes exactly one of many scheduler replicas act.
 
-The holder writes a random token with a TTL.  Renewal and release are compare-and-set scripts, so
-a replica whose lease already expired (paused process, network split) can neither extend nor
-delete the lease a successor now holds.  A killed holder is replaced once the TTL runs out.
+The holder writes its token with a TTL, through redis-py's ``Lock``: renewal and release compare
+the token first, so a replica whose lease already expired (paused process, network split) can
+neither extend nor delete the lease a successor now holds.  A killed holder is replaced once the
+TTL runs out.
 """
 
 from __future__ import annotations
@@ -12,22 +13,8 @@ import secrets
 import socket
 
 import redis.asyncio as aioredis
-
-# Extends only the holder's own lease.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-# Deletes only the holder's own lease.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
+from redis.asyncio.lock import Lock
+from redis.exceptions import LockError
 
 
 class LeaseLost(Exception):
@@ -50,18 +37,30 @@ class Lease:
         # Host and pid make ``holder()`` tell an operator which replica leads; the random part
         # keeps two leases of one process (tests, restarts with a reused pid) apart.
         self.token = token or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(8)}"
+        self._lock = Lock(redis, key, timeout=self.ttl_ms / 1000, blocking=False, thread_local=False)
+        # The token outlives one acquire: a replica renews the lease it took in an earlier pass.
+        self._lock.local.token = self.token.encode()
 
     async def acquire(self) -> bool:
         """Take the lease if free, or extend it if already ours.  True when this replica holds it."""
-        if await self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms):
+        if await self._lock.acquire(token=self.token):
             return True
         return await self.renew()
 
     async def renew(self) -> bool:
-        return bool(await self.redis.eval(_RENEW, 1, self.key, self.token, self.ttl_ms))
+        try:
+            return await self._lock.reacquire()
+        except LockError:
+            return False
 
     async def release(self) -> bool:
-        return bool(await self.redis.eval(_RELEASE, 1, self.key, self.token))
+        try:
+            await self._lock.release()
+        except LockError:
+            return False
+        finally:
+            self._lock.local.token = self.token.encode()
+        return True
 
     async def holder(self) -> str | None:
         raw = await self.redis.get(self.key)

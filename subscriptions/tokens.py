@@ -12,8 +12,8 @@ A refresh token that stopped working is not retried in a loop: the account is ma
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import secrets
 import urllib.parse
 import warnings
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -23,6 +23,8 @@ from typing import Any
 import msal
 import redis.asyncio as aioredis
 import requests
+from redis.asyncio.lock import Lock
+from redis.exceptions import LockError
 from requests.adapters import HTTPAdapter
 
 from service.core import keys
@@ -50,13 +52,6 @@ _CONSENT_CODES = frozenset({65001, 65004})
 _LOGIN_CODES = frozenset(
     {50034, 50053, 50055, 50057, 50076, 50079, 50126, 50173, 53003, 700082, 70000, 9002313}
 )
-
-_RELEASE_LOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
 class TokenError(Exception):
@@ -266,23 +261,23 @@ class Tokens:
     async def _locked(self, account: str) -> AsyncIterator[None]:
         local = self._local_locks.setdefault(account.lower(), asyncio.Lock())
         async with local:
-            key = keys.token_cache_lock(account)
-            token = secrets.token_hex(8)
-            ttl_ms = int(self.lock_seconds * 1000)
-            waited = 0.0
-            held = False
-            while not held and waited < self.lock_seconds:
-                held = bool(await self.redis.set(key, token, nx=True, px=ttl_ms))
-                if not held:
-                    await asyncio.sleep(0.05)
-                    waited += 0.05
+            lock = Lock(
+                self.redis,
+                keys.token_cache_lock(account),
+                timeout=self.lock_seconds,
+                sleep=0.05,
+                blocking_timeout=self.lock_seconds,
+                thread_local=False,
+            )
+            held = await lock.acquire()
             # After a full lock period the holder is dead or stuck; refreshing anyway is safe
             # (Entra accepts a refresh token more than once) and better than no token.
             try:
                 yield
             finally:
                 if held:
-                    await self.redis.eval(_RELEASE_LOCK, 1, key, token)
+                    with contextlib.suppress(LockError):  # it ran out meanwhile: nothing to release
+                        await lock.release()
 
     async def delegated_token(
         self, account: str, *, force_refresh: bool = False, min_lifetime_seconds: float = 0

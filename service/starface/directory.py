@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio.lock import Lock
+from redis.exceptions import LockError, RedisError
 
 from service.core import keys
 from service.core.settings import Settings
@@ -344,22 +345,26 @@ async def run(
     A lease in Redis lets one replica per period do the reads; the others just see the result.
     """
     period = settings.starface_directory_refresh_seconds
+    # Held for a whole period and not released after a good refresh: it gates how often any
+    # replica reads the directory, not only who reads it.
+    gate = Lock(store.redis, keys.STARFACE_DIRECTORY_LOCK, timeout=period, blocking=False, thread_local=False)
     while not stop.is_set():
         try:
-            if await store.redis.set(keys.STARFACE_DIRECTORY_LOCK, "1", nx=True, ex=period):
+            if await gate.acquire():
                 selection = await refresh(rest, store, settings)
                 if on_refresh is not None:
                     await on_refresh(selection)
         except GatewayError as exc:
             log.warning("STARFACE directory refresh failed: %s", exc)
             # Let the next tick (any replica) try again instead of waiting out a whole period.
-            await _release(store)
+            await _release(gate)
         except (RedisError, OSError) as exc:
             log.warning("STARFACE directory refresh failed: Redis %s", type(exc).__name__)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=min(period, 30))
 
 
-async def _release(store: DirectoryStore) -> None:
-    with contextlib.suppress(RedisError, OSError):  # else the lease simply runs out
-        await store.redis.delete(keys.STARFACE_DIRECTORY_LOCK)
+async def _release(gate: Lock) -> None:
+    # Only our own gate: another replica's must never be deleted.  Else the gate simply runs out.
+    with contextlib.suppress(LockError, RedisError, OSError):
+        await gate.release()

@@ -304,3 +304,19 @@ async def test_selected_users_carry_their_groups_for_mapping_overrides(
     assert "Vertrieb" in anna.groups
     assert "Empfang" in anna.groups
     assert set(bob.groups) == {"Empfang", str(group_id)}
+
+
+async def test_a_failed_refresh_releases_only_its_own_gate(redis_client: aioredis.Redis) -> None:
+    from redis.asyncio.lock import Lock
+
+    from service.starface.directory import _release
+
+    mine = Lock(redis_client, keys.STARFACE_DIRECTORY_LOCK, timeout=60, blocking=False, thread_local=False)
+    assert await mine.acquire()
+    await redis_client.set(keys.STARFACE_DIRECTORY_LOCK, "another replica's token", px=60_000)
+    await _release(mine)  # ours ran out and another replica took the gate: it must stay
+    assert await redis_client.get(keys.STARFACE_DIRECTORY_LOCK) == b"another replica's token"
+    await redis_client.delete(keys.STARFACE_DIRECTORY_LOCK)
+    assert await mine.acquire()
+    await _release(mine)
+    assert await redis_client.get(keys.STARFACE_DIRECTORY_LOCK) is None

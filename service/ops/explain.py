@@ -12,7 +12,8 @@ from service.bridge.desired import decide
 from service.bridge.identity import IdentityStore
 from service.bridge.mapping import Mapping
 from service.bridge.reconciler import gather_inputs
-from service.starface.directory import DirectoryStore, DirectoryUser
+from service.starface.directory import DirectoryStore
+from service.starface.rest import StarfaceUser
 
 
 class UnknownPerson(Exception):
@@ -27,7 +28,7 @@ class UnknownPerson(Exception):
 class Person:
     login: str | None
     user_id: str | None
-    directory: DirectoryUser | None
+    directory: StarfaceUser | None
 
 
 async def find(redis: aioredis.Redis, who: str) -> Person:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -18,7 +19,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -29,7 +30,7 @@ from service.core import keys
 from service.core.settings import Settings
 from service.core.storage import decoded
 from service.starface.gateway import GatewayError
-from service.starface.rest import RestClient, StarfaceUser, find_group
+from service.starface.rest import RestClient, StarfaceUser, email_key, find_group
 
 log = logging.getLogger(__name__)
 
@@ -38,39 +39,6 @@ MISSING_EMAIL = "missing_email"
 UNKNOWN_LOGIN = "unknown_login"
 UNKNOWN_GROUP = "unknown_group"
 NOTHING_SELECTED = "nothing_selected"
-
-
-def email_key(email: str) -> str:
-    """The form e-mails are matched in, on both sides."""
-    return email.strip().lower()
-
-
-@dataclass(frozen=True)
-class DirectoryUser:
-    login: str
-    id: int
-    email: str
-    first_name: str = ""
-    family_name: str = ""
-    # Names and ids of the user's STARFACE groups: they pick the mapping's group overrides.
-    groups: tuple[str, ...] = ()
-
-    @property
-    def email_key(self) -> str:
-        return email_key(self.email)
-
-    @property
-    def display_name(self) -> str:
-        return f"{self.first_name} {self.family_name}".strip()
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, raw: Any) -> DirectoryUser:
-        data = json.loads(raw)
-        data["groups"] = tuple(data.get("groups", ()))
-        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -91,7 +59,7 @@ class Problem:
 
 @dataclass(frozen=True)
 class Selection:
-    users: tuple[DirectoryUser, ...]
+    users: tuple[StarfaceUser, ...]
     problems: tuple[Problem, ...]
 
     @property
@@ -153,7 +121,7 @@ def select_users(
             continue
         by_email[key].append(user)
 
-    selected: list[DirectoryUser] = []
+    selected: list[StarfaceUser] = []
     for key, holders in sorted(by_email.items()):
         if len(holders) > 1:
             names = " and ".join(_label(u) for u in holders)
@@ -167,9 +135,7 @@ def select_users(
             continue
         user = holders[0]
         groups = tuple((memberships or {}).get(user.id, ()))
-        selected.append(
-            DirectoryUser(user.login, user.id, user.email.strip(), user.first_name, user.family_name, groups)
-        )
+        selected.append(dataclasses.replace(user, email=user.email.strip(), groups=groups))
     selected.sort(key=lambda u: u.login)
     return Selection(tuple(selected), tuple(problems))
 
@@ -240,23 +206,23 @@ class DirectoryStore:
             keys.STARFACE_DIRECTORY_META, mapping={"last_error": detail, "last_error_at": repr(at)}
         )
 
-    async def users(self) -> list[DirectoryUser]:
+    async def users(self) -> list[StarfaceUser]:
         raw = await self.redis.hvals(keys.STARFACE_DIRECTORY)
-        return sorted((DirectoryUser.from_json(v) for v in raw), key=lambda u: u.login)
+        return sorted((StarfaceUser.from_json(v) for v in raw), key=lambda u: u.login)
 
     async def logins(self) -> list[str]:
         return sorted(decoded(k) for k in await self.redis.hkeys(keys.STARFACE_DIRECTORY))
 
-    async def by_login(self, login: str) -> DirectoryUser | None:
+    async def by_login(self, login: str) -> StarfaceUser | None:
         raw = await self.redis.hget(keys.STARFACE_DIRECTORY, login)
-        return None if raw is None else DirectoryUser.from_json(raw)
+        return None if raw is None else StarfaceUser.from_json(raw)
 
     async def groups(self, login: str) -> frozenset[str]:
         """Names and ids of the groups of ``login``; they pick the mapping's group overrides."""
         user = await self.by_login(login)
         return frozenset(user.groups) if user else frozenset()
 
-    async def by_email(self, email: str) -> DirectoryUser | None:
+    async def by_email(self, email: str) -> StarfaceUser | None:
         login = await self.redis.hget(keys.STARFACE_DIRECTORY_EMAILS, email_key(email))
         return None if login is None else await self.by_login(decoded(login))
 

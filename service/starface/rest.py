@@ -14,6 +14,7 @@ neither URL query nor token nor password (the chained aiohttp exception is dropp
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -177,6 +178,11 @@ def _seconds(value: Any, default: float) -> float:
 # -- REST -------------------------------------------------------------------------------------
 
 
+def email_key(email: str) -> str:
+    """The form e-mails are matched in, on both sides."""
+    return email.strip().lower()
+
+
 @dataclass(frozen=True)
 class StarfaceUser:
     id: int
@@ -184,6 +190,26 @@ class StarfaceUser:
     email: str
     first_name: str = ""
     family_name: str = ""
+    # Names and ids of the user's STARFACE groups, once the directory has read them: they pick the
+    # mapping's group overrides.
+    groups: tuple[str, ...] = ()
+
+    @property
+    def email_key(self) -> str:
+        return email_key(self.email)
+
+    @property
+    def display_name(self) -> str:
+        return f"{self.first_name} {self.family_name}".strip()
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: Any) -> StarfaceUser:
+        data = json.loads(raw)
+        data["groups"] = tuple(data.get("groups", ()))
+        return cls(**data)
 
     @classmethod
     def from_rest(cls, item: Any) -> StarfaceUser | None:

@@ -28,7 +28,8 @@ from service.core import keys
 from service.core.embedded import free_port
 from service.core.settings import CORE, FIELDS, required_groups
 from service.core.tls import client_context
-from service.starface.directory import DirectoryStore, DirectoryUser, Selection
+from service.starface.directory import DirectoryStore, Selection
+from service.starface.rest import StarfaceUser
 from tests.cli.processes import CliProcess, clean_env, describe, run_cli, run_jobs, run_many
 from tests.conftest import CLIENT_ID, SECRET_KEY, TENANT_ID
 
@@ -502,7 +503,7 @@ def test_redis_unreachable_is_one_line_without_the_password(tmp_path: Path, core
 
 
 async def test_explain(tmp_path: Path, redis_env: dict[str, str], redis_client: aioredis.Redis) -> None:
-    user = DirectoryUser("0001", 1, "Anna.Berg@example.com", "Anna", "Berg", groups=("Support",))
+    user = StarfaceUser(1, "0001", "Anna.Berg@example.com", "Anna", "Berg", groups=("Support",))
     await DirectoryStore(redis_client).save(Selection((user,), ()), refreshed_at=time.time())
     await IdentityStore(redis_client).replace({"entra-anna": "0001"})
     log = DecisionLog(redis_client)

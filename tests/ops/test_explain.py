@@ -17,10 +17,11 @@ from service.core.settings import Settings
 from service.graph.presence import PresenceChange, TeamsPresence
 from service.ops.explain import UnknownPerson, explain, find, preview
 from service.ops.status import collect, healthy, render
-from service.starface.directory import DirectoryStore, DirectoryUser, Selection
+from service.starface.directory import DirectoryStore, Selection
+from service.starface.rest import StarfaceUser
 
 USER = "eeee0000-0000-4000-8000-000000000005"
-ANNA = DirectoryUser("0001", 1, "Anna.Alt@example.com", "Anna", "Alt", ("Vertrieb", "7"))
+ANNA = StarfaceUser(1, "0001", "Anna.Alt@example.com", "Anna", "Alt", ("Vertrieb", "7"))
 
 
 async def seed(redis: aioredis.Redis) -> None:

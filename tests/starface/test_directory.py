@@ -19,7 +19,6 @@ from service.starface.directory import (
     UNKNOWN_GROUP,
     UNKNOWN_LOGIN,
     DirectoryStore,
-    DirectoryUser,
     select_users,
 )
 from service.starface.gateway import StarfaceUnavailable
@@ -107,8 +106,8 @@ async def test_store_serves_every_lookup_case_blind(redis_client: aioredis.Redis
     assert await store.logins() == ["0001", "0002", "0006"]
     assert await store.emails() == ["anna@example.com", "bob@example.com", "eve@example.com"]
     found = await store.by_email("  ANNA@example.COM ")
-    assert found == DirectoryUser("0001", 1, "Anna@Example.com", "Anna", "Alpha")
-    assert await store.by_login("0002") == DirectoryUser("0002", 2, "bob@example.com", "Bob", "Beta")
+    assert found == StarfaceUser(1, "0001", "Anna@Example.com", "Anna", "Alpha")
+    assert await store.by_login("0002") == StarfaceUser(2, "0002", "bob@example.com", "Bob", "Beta")
     assert await store.by_login("0003") is None
     assert await store.by_email("info@example.com") is None
     assert [p.kind for p in await store.problems()] == [MISSING_EMAIL, DUPLICATE_EMAIL]

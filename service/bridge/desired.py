@@ -69,7 +69,7 @@ _SESSION_RANK = {"away": 0, "available": 1, "busy": 2, "donotdisturb": 3}
 
 
 @dataclass(frozen=True)
-class BridgeSession:
+class TeamsSession:
     """The presence the bridge's own Teams session holds (``cleared_at is None``) or last held."""
 
     presence: TeamsPresence
@@ -89,7 +89,7 @@ class ObservedUser:
     own_teams: TeamsPresence | None = None
     calls: tuple[str, ...] = ()
     last_call_ended_at: float | None = None
-    bridge_session: BridgeSession | None = None
+    bridge_session: TeamsSession | None = None
     groups: frozenset[str] = frozenset()
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from service.bridge.decisions import DecisionLog, DecisionRecord
-from service.bridge.desired import BridgeSession, Decision, ObservedUser, decide, echo_of_bridge
+from service.bridge.desired import TeamsSession, Decision, ObservedUser, decide, echo_of_bridge
 from service.bridge.due import Schedule
 from service.bridge.identity import IdentityStore
 from service.bridge.mapping import Mapping, format_table
@@ -121,7 +121,7 @@ async def gather_inputs(
             log.warning("user %s: dropping %d call(s) older than %ds", user_id, len(stale), call_max_seconds)
             await state.forget_calls(user_id, stale, now)
     bridge = await state.bridge(user_id)
-    session = BridgeSession(bridge.session, bridge.session_cleared_at) if bridge.session is not None else None
+    session = TeamsSession(bridge.session, bridge.session_cleared_at) if bridge.session is not None else None
     user = ObservedUser(
         teams=TeamsPresence(observed.availability, observed.activity) if observed else None,
         teams_observed_at=observed.received_at if observed else None,
@@ -186,7 +186,7 @@ class Reconciler:
             bridge = await self.state.bridge(user_id)
             login = await self.identity.login_for(user_id)
             table = self.mapping.table_for(await self.groups(login) if login else frozenset())
-            session = BridgeSession(bridge.session, bridge.session_cleared_at) if bridge.session else None
+            session = TeamsSession(bridge.session, bridge.session_cleared_at) if bridge.session else None
             for change in items:
                 presence = TeamsPresence(change.availability, change.activity)
                 observed = ObservedUser(

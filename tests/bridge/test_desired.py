@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from service.bridge.desired import (
     CONNECTED_STATES,
     RINGING_STATES,
-    BridgeSession,
+    TeamsSession,
     Decision,
     ObservedUser,
     counting_calls,
@@ -160,10 +160,10 @@ def test_teams_presence_from_calls_off() -> None:
 # -- debounce after the last call --------------------------------------------------------------
 
 
-HELD = BridgeSession(BUSY_IN_A_CALL)
+HELD = TeamsSession(BUSY_IN_A_CALL)
 
 
-def ended(seconds_ago: float, session: BridgeSession | None = HELD) -> ObservedUser:
+def ended(seconds_ago: float, session: TeamsSession | None = HELD) -> ObservedUser:
     return ObservedUser(last_call_ended_at=NOW - seconds_ago, bridge_session=session)
 
 
@@ -187,7 +187,7 @@ def test_debounce_is_configurable() -> None:
 def test_debounce_holds_nothing_without_an_active_session() -> None:
     """A missed call (never connected, so no session) must not set a presence afterwards."""
     assert run(ended(1, session=None)).teams.presence is None
-    assert run(ended(1, session=BridgeSession(BUSY_IN_A_CALL, cleared_at=NOW - 1))).teams.presence is None
+    assert run(ended(1, session=TeamsSession(BUSY_IN_A_CALL, cleared_at=NOW - 1))).teams.presence is None
 
 
 def test_new_call_during_debounce() -> None:
@@ -208,7 +208,7 @@ def on_call(
         teams_observed_at=NOW - 1,
         own_teams=own,
         calls=("CONNECTED",),
-        bridge_session=BridgeSession(session),
+        bridge_session=TeamsSession(session),
     )
 
 
@@ -308,7 +308,7 @@ def cleared(
         teams=teams,
         teams_observed_at=seen_at,
         own_teams=own,
-        bridge_session=BridgeSession(BUSY_IN_A_CALL, cleared_at=NOW - seconds_ago),
+        bridge_session=TeamsSession(BUSY_IN_A_CALL, cleared_at=NOW - seconds_ago),
     )
 
 
@@ -396,8 +396,8 @@ presences = st.builds(TeamsPresence, names, names) | st.sampled_from(
 )
 times = st.floats(min_value=NOW - 4000, max_value=NOW + 10) | st.floats(min_value=NOW - 400, max_value=NOW)
 sessions = st.builds(
-    BridgeSession, st.sampled_from([BUSY_IN_A_CALL, DND_PRESENTING]), st.none() | times
-) | st.builds(BridgeSession, presences, st.none() | times)
+    TeamsSession, st.sampled_from([BUSY_IN_A_CALL, DND_PRESENTING]), st.none() | times
+) | st.builds(TeamsSession, presences, st.none() | times)
 call_states = st.sampled_from(["CONNECTED", "RINGING", "PROCEEDING", "HANGUP", "PARKED"]) | st.text(
     max_size=8
 )

@@ -28,7 +28,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from service.bridge.decisions import DecisionLog, DecisionRecord
-from service.bridge.desired import TeamsSession, Decision, ObservedUser, decide, echo_of_bridge
+from service.bridge.desired import Decision, ObservedUser, TeamsSession, decide, echo_of_bridge
 from service.bridge.due import Schedule
 from service.bridge.identity import IdentityStore
 from service.bridge.mapping import Mapping, format_table

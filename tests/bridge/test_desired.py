@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from service.bridge.desired import (
     CONNECTED_STATES,
     RINGING_STATES,
-    TeamsSession,
     Decision,
     ObservedUser,
+    TeamsSession,
     counting_calls,
     decide,
 )

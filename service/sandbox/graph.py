@@ -22,8 +22,6 @@ import logging
 import math
 import re
 import secrets
-import socket
-import threading
 import time
 import urllib.parse
 import uuid
@@ -34,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -83,6 +80,7 @@ from service.sandbox.graphstate import (
 )
 from service.sandbox.tls import CertificateAuthority
 from service.web.body import BodyTooLarge, read_bounded
+from service.web.server import ServerThread
 
 log = logging.getLogger(__name__)
 
@@ -1753,110 +1751,6 @@ def control_routes(sandbox: GraphSandbox) -> list[Route]:
         r("/settings", settings, "PUT"),
         r("/deliveries", deliveries, "GET"),
     ]
-
-
-# ---- serving ---------------------------------------------------------------------------------
-
-
-class ServerThread:
-    """uvicorn over TLS in a background thread with its own event loop.
-
-    Callers such as MSAL block their own thread on HTTP; a server on the caller's loop would
-    deadlock, so sandboxes (and test receivers) always run on a loop of their own.
-    """
-
-    def __init__(self, app: ASGIApp, *, host: str, port: int, cert_file: Path, key_file: Path) -> None:
-        self.app = app
-        self.host = host
-        self.cert_file = cert_file
-        self.key_file = key_file
-        self._socket = _listen(host, port)
-        self.port: int = self._socket.getsockname()[1]
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"https://{_url_host(self.host)}:{self.port}"
-
-    def start(self, timeout: float = 15.0) -> None:
-        config = uvicorn.Config(
-            self.app,
-            ssl_certfile=str(self.cert_file),
-            ssl_keyfile=str(self.key_file),
-            log_level="warning",
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=2,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._run, name="sandbox-server", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.01)
-
-    def _run(self) -> None:
-        assert self._server is not None
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._server.serve(sockets=[self._socket]))
-        finally:
-            loop.close()
-
-    def call(self, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
-        """Run ``fn`` on the server's loop (sandbox state belongs to that thread); return its result."""
-        if self._loop is None:
-            raise RuntimeError("not running")
-
-        async def invoke() -> Any:
-            return fn()
-
-        return asyncio.run_coroutine_threadsafe(invoke(), self._loop).result(timeout)
-
-    @staticmethod
-    def _abort_connections(server: uvicorn.Server) -> None:
-        for connection in list(server.server_state.connections):
-            transport = getattr(connection, "transport", None)
-            if transport is not None:
-                transport.abort()
-
-    def wait(self) -> None:
-        """Block until the server stops; Ctrl-C (KeyboardInterrupt) propagates to the caller."""
-        while self._thread is not None and self._thread.is_alive():
-            self._thread.join(0.5)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        server, loop = self._server, self._loop
-        if server is not None:
-            server.should_exit = True
-            if loop is not None and not loop.is_closed():
-                # Idle keep-alive TLS connections would hold the shutdown until each peer answers
-                # close_notify, which idle HTTP clients never do; a sandbox may just drop them.
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(self._abort_connections, server)
-        if self._thread is not None:
-            self._thread.join(timeout)
-        self._socket.close()
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    # Declare TCP explicitly: asyncio enables TCP_NODELAY only on sockets whose proto says TCP,
-    # and without it every response waits ~40 ms for a delayed ACK between its TLS records.
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
-    return sock
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 # ---- CLI -------------------------------------------------------------------------------------

@@ -19,16 +19,10 @@ import json
 import os
 import secrets
 import signal
-import socket
 import ssl
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
-from uvicorn.server import ServerState
 
 from service.core.tls import client_context
 from service.sandbox.clock import Clock
@@ -36,6 +30,7 @@ from service.sandbox.starface_app import Context, build_control_app, build_pbx_a
 from service.sandbox.starface_callbacks import Dispatcher
 from service.sandbox.starface_model import DEFAULT_SESSION_TIMEOUT_SECONDS, Pbx
 from service.sandbox.tls import CertificateAuthority
+from service.web.server import AppServer, LoopThread
 
 DEFAULT_STATE_DIR = Path("sandbox-state/starface")
 
@@ -53,45 +48,6 @@ class SandboxOptions:
     session_timeout: float = DEFAULT_SESSION_TIMEOUT_SECONDS
     callback_ca_file: Path | None = None
     clock: Clock | None = None
-
-
-class _Listener:
-    """One listening socket served by uvicorn's h11 protocol; can stop and resume listening."""
-
-    def __init__(self, host: str, port: int, app: Any, tls: ssl.SSLContext | None) -> None:
-        self.host = host
-        self.port = port
-        self._tls = tls
-        self._config = uvicorn.Config(
-            app, http="h11", lifespan="off", log_config=None, access_log=False, log_level="warning"
-        )
-        self._config.load()
-        self._state = ServerState()
-        self._server: asyncio.Server | None = None
-
-    async def open(self) -> None:
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.create_server((self.host, self.port), family=family)
-        self.port = sock.getsockname()[1]  # an ephemeral port (0) stays fixed across close/open
-
-        def protocol() -> asyncio.Protocol:
-            return H11Protocol(config=self._config, server_state=self._state, app_state={})
-
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(protocol, sock=sock, ssl=self._tls)
-
-    async def close(self) -> None:
-        if self._server is None:
-            return
-        self._server.close()
-        self._server = None
-        # Idle keep-alive connections close now; one mid-request closes after its response.
-        for connection in list(self._state.connections):
-            connection.shutdown()
-
-    @property
-    def listening(self) -> bool:
-        return self._server is not None
 
 
 class StarfaceSandbox:
@@ -123,9 +79,15 @@ class StarfaceSandbox:
         if options.tls:
             names = list(dict.fromkeys([options.host, "localhost", "127.0.0.1", "::1"]))
             server_tls = self.ca.issue(names).server_context(state_dir, "server")
-        self._pbx_listener = _Listener(options.host, options.port, build_pbx_app(self.context), server_tls)
-        self._control_listener = _Listener(
-            options.host, options.control_port, build_control_app(self.context), server_tls
+        listen: dict[str, Any] = {
+            "host": options.host,
+            "ssl_context": server_tls,
+            "lifespan": "off",
+            "http": "h11",
+        }
+        self._pbx_listener = AppServer(build_pbx_app(self.context), port=options.port, **listen)
+        self._control_listener = AppServer(
+            build_control_app(self.context), port=options.control_port, **listen
         )
 
     def _session_is_live(self, login: str, session_id: str) -> bool:
@@ -133,10 +95,11 @@ class StarfaceSandbox:
         return session is not None and session.id == session_id
 
     async def _set_listening(self, on: bool) -> None:
-        if on and not self._pbx_listener.listening:
-            await self._pbx_listener.open()
-        elif not on:
-            await self._pbx_listener.close()
+        # The request that sets the fault may itself be on the PBX listener: do not wait for it.
+        if on:
+            await self._pbx_listener.start()
+        else:
+            await self._pbx_listener.stop_accepting()
 
     def _url(self, port: int) -> str:
         host = f"[{self.options.host}]" if ":" in self.options.host else self.options.host
@@ -151,8 +114,8 @@ class StarfaceSandbox:
         return self._url(self._control_listener.port)
 
     async def start(self) -> None:
-        await self._pbx_listener.open()
-        await self._control_listener.open()
+        await self._pbx_listener.start()
+        await self._control_listener.start()
         self.pbx.issuer = f"{self.base_url}/auth/realms/pbx"
         self.context.info.update(
             baseUrl=self.base_url,
@@ -162,12 +125,12 @@ class StarfaceSandbox:
         )
 
     async def stop(self) -> None:
-        await self._pbx_listener.close()
-        await self._control_listener.close()
+        await self._pbx_listener.stop()
+        await self._control_listener.stop()
         await self.dispatcher.close()
 
 
-class SandboxThread:
+class SandboxThread(LoopThread):
     """Runs a ``StarfaceSandbox`` on its own event loop in a daemon thread.
 
     Synchronous and asynchronous tests can then both talk to it, and a test's own event loop is
@@ -176,40 +139,11 @@ class SandboxThread:
 
     def __init__(self, options: SandboxOptions) -> None:
         self.sandbox = StarfaceSandbox(options)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name="starface-sandbox", daemon=True)
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
+        super().__init__(self.sandbox.start, self.sandbox.stop, name="starface-sandbox")
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_until_complete(self.sandbox.start())
-        except BaseException as exc:  # reported to the starting thread, which re-raises it
-            self._error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        self._loop.run_forever()
-        self._loop.run_until_complete(self.sandbox.stop())
-        pending = asyncio.all_tasks(self._loop)
-        for task in pending:
-            task.cancel()
-        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        self._loop.close()
-
-    def start(self) -> StarfaceSandbox:
-        self._thread.start()
-        if not self._ready.wait(timeout=30):
-            raise TimeoutError("the STARFACE sandbox did not start within 30 s")
-        if self._error is not None:
-            raise self._error
+    def start(self, timeout: float = 30.0) -> StarfaceSandbox:  # type: ignore[override]
+        super().start(timeout)
         return self.sandbox
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=30)
 
 
 def _write_secret(path: Path, value: str) -> Path:

@@ -115,6 +115,7 @@ class AppServer:
         self._server: _Server | None = None
         self._socket: _ListeningSocket | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
@@ -156,6 +157,9 @@ class AppServer:
 
     async def start(self) -> None:
         """Listen and return once the app's lifespan has started; raise if it does not."""
+        if self._stopping is not None:
+            await self._stopping
+            self._stopping = None
         if self.running:
             return
         self.bind()
@@ -205,6 +209,22 @@ class AppServer:
             self._socket = None
         if not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
+
+    async def stop_accepting(self) -> None:
+        """Stop listening now and finish stopping in the background.
+
+        For a stop that one of this server's own requests asks for: ``stop()`` would wait for that
+        request, which waits for the stop.  ``start()`` waits for the background stop to end.
+        """
+        server = self._server
+        if server is None or self._stopping is not None:
+            return
+        self._stopping = asyncio.create_task(self.stop(), name="uvicorn-stop")
+        # uvicorn's main loop notices should_exit within a tick; uvicorn then closes its listener.
+        while not self._stopping.done():
+            if not any(listener.is_serving() for listener in server.servers):
+                break
+            await asyncio.sleep(0.01)
 
     async def serve(self) -> None:
         """Serve until cancelled or until uvicorn ends on its own; stop cleanly either way."""

@@ -44,39 +44,6 @@ class CommandError(UsageError):
     """A one-line reason the command cannot do its job as configured (exit 2)."""
 
 
-def add_login_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("account", help="service account (UPN) listed in GRAPH_SERVICE_ACCOUNTS")
-    method = parser.add_mutually_exclusive_group()
-    method.add_argument(
-        "--device-code",
-        action="store_true",
-        help="sign in with a device code (default; works with MFA): prints a code and waits",
-    )
-    method.add_argument(
-        "--password",
-        action="store_true",
-        help="sign in with username and password (no MFA); the password is prompted for and kept encrypted",
-    )
-    parser.add_argument(
-        "--password-stdin", action="store_true", help="with --password: read the password from standard input"
-    )
-    parser.add_argument(
-        "--wait-seconds",
-        type=float,
-        default=900.0,
-        help="how long to wait for the device code to be approved",
-    )
-
-
-def add_renew_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--lease-seconds",
-        type=float,
-        default=None,
-        help="lease TTL for this pass (default SCHEDULER_LEASE_SECONDS)",
-    )
-
-
 def _redis(settings: Settings, redis_url: str | None) -> aioredis.Redis:
     url = redis_url or settings.redis_url
     if not url:

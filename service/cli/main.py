@@ -19,14 +19,16 @@ import ssl
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
-import redis.asyncio as aioredis
-
+from service.cli.arguments import add_login_arguments, add_renew_arguments
 from service.cli.policy import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PREFIX, CommandFailed, UsageError, say
 from service.cli.store import valkey_dir, with_redis
 from service.core.embedded import EmbeddedValkey, EmbeddedValkeyError, redis_url_for
 from service.core.settings import CORE, GRAPH_APP, ROLES, Settings, SettingsError, required_groups
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 log = logging.getLogger("presence_bridge")
 
@@ -208,8 +210,6 @@ def _run_sandbox(name: str, argv: Sequence[str]) -> int:
 
 
 def _add_login(sub: Subparsers) -> None:
-    from service.cli.accounts import add_login_arguments
-
     parser = sub.add_parser(
         "login",
         help="sign a Graph service account in (device code, or username and password)",
@@ -231,8 +231,6 @@ def _run_login(args: argparse.Namespace) -> int:
 
 
 def _add_renew(sub: Subparsers) -> None:
-    from service.cli.accounts import add_renew_arguments
-
     parser = sub.add_parser(
         "renew",
         help="one full subscription pass (create, renew, resync), then exit; for cron",
@@ -243,6 +241,8 @@ def _add_renew(sub: Subparsers) -> None:
 
 
 def _run_renew(args: argparse.Namespace) -> int:
+    import redis.asyncio as aioredis
+
     from service.bridge.identity import link_resolved
     from service.cli.accounts import run_renew
     from service.starface.directory import DirectoryStore

@@ -6,7 +6,8 @@ import argparse
 import asyncio
 import io
 
-from service.cli.accounts import add_login_arguments, add_renew_arguments, run_login, run_renew
+from service.cli.accounts import run_login, run_renew
+from service.cli.arguments import add_login_arguments, add_renew_arguments
 from service.core import keys
 from subscriptions.lease import Lease
 from subscriptions.users import EmailSource

@@ -20,7 +20,6 @@ from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
-import uvicorn
 
 from service.bridge.due import Schedule
 from service.bridge.identity import link_resolved
@@ -40,7 +39,8 @@ from service.starface.directory import DirectoryStore
 from service.starface.rest import RestClient, open_http
 from service.starface.sessions import SessionManager
 from service.web import starface_callback as callback
-from service.web.app import Server, create_app
+from service.web.app import create_app
+from service.web.server import AppServer
 from subscriptions.scheduler import build_scheduler
 from subscriptions.tokens import Tokens
 from subscriptions.users import Resolution
@@ -71,7 +71,7 @@ class Runtime:
     clock: Clock = field(default_factory=SystemClock)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     reconciler: Reconciler | None = None
-    server: Server | None = None
+    server: AppServer | None = None
     _closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -93,17 +93,14 @@ class Runtime:
             self._spawn("metrics-gauges", gauges.gauge_loop(redis, self.settings, self.stop))
 
     def _start_web(self) -> None:
-        config = uvicorn.Config(
+        self.server = AppServer(
             create_app(self.settings, redis_url=self.redis_url, extra_routes=callback.routes()),
             host=self.web.host,
             port=self.web.port,
             log_level=self.settings.log_level.lower(),
-            ssl_certfile=self.web.tls_cert,
-            ssl_keyfile=self.web.tls_key,
-            lifespan="on",
-            access_log=False,
+            cert_file=self.web.tls_cert,
+            key_file=self.web.tls_key,
         )
-        self.server = Server(config)
         self._spawn("web", self.server.serve())
 
     async def _start_worker(self, redis: aioredis.Redis, http: aiohttp.ClientSession) -> None:
@@ -218,7 +215,7 @@ class Runtime:
     async def close(self) -> None:
         self.stop.set()
         if self.server is not None:
-            self.server.should_exit = True
+            self.server.request_stop()
         for task in self._tasks:
             try:
                 await asyncio.wait_for(asyncio.shield(task), timeout=15)

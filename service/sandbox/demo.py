@@ -32,11 +32,12 @@ from service.core.secretbox import SecretBox
 from service.core.settings import Settings
 from service.core.storage import connect_worker
 from service.core.tls import client_context
-from service.sandbox.graph import GraphSandbox, ServerThread
+from service.sandbox.graph import GraphSandbox
 from service.sandbox.graph import SandboxOptions as GraphOptions
 from service.sandbox.starface import SandboxOptions as StarfaceOptions
 from service.sandbox.starface import SandboxThread, StarfaceSandbox
 from service.starface.credentials import CredentialStore
+from service.web.server import ServerThread
 from subscriptions.tokens import Tokens
 
 SERVICE_ACCOUNT = "presence-sync@demo.example"

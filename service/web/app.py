@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
-import uvicorn
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -23,14 +22,6 @@ from service.graph.certificates import CertificateStore
 from service.graph.clientstate import ClientStates
 from service.graph.validation_tokens import SigningKeys, TokenVerifier
 from service.web import graph_endpoints as webhook
-
-
-class Server(uvicorn.Server):
-    """A uvicorn server that leaves signals to its process: a signal must stop workers too."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def http_session_factory(settings: Settings) -> Callable[[], aiohttp.ClientSession]:

@@ -116,6 +116,7 @@ class AppServer:
         self._socket: _ListeningSocket | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping: asyncio.Task[None] | None = None
+        self._stop_requested = asyncio.Event()
 
     @property
     def url(self) -> str:
@@ -227,18 +228,20 @@ class AppServer:
             await asyncio.sleep(0.01)
 
     async def serve(self) -> None:
-        """Serve until cancelled or until uvicorn ends on its own; stop cleanly either way."""
+        """Serve until ``request_stop()``, cancellation or uvicorn ending on its own; then stop cleanly."""
+        self._stop_requested.clear()
         await self.start()
         assert self._task is not None
+        waiter = asyncio.create_task(self._stop_requested.wait())
         try:
-            await asyncio.shield(self._task)
+            await asyncio.wait([self._task, waiter], return_when=asyncio.FIRST_COMPLETED)
         finally:
+            waiter.cancel()
             await self.stop()
 
     def request_stop(self) -> None:
-        """Ask a ``serve()`` in progress to end (from the same loop)."""
-        if self._server is not None:
-            self._server.should_exit = True
+        """Ask a ``serve()`` in progress (on this loop) to stop."""
+        self._stop_requested.set()
 
 
 class LoopThread:

@@ -24,11 +24,10 @@ from pathlib import Path
 
 import aiohttp
 import redis.asyncio as aioredis
-import uvicorn
 from starlette.applications import Starlette
 
 from service.core import keys
-from service.core.embedded import EmbeddedValkey, free_port
+from service.core.embedded import EmbeddedValkey
 from service.core.secretbox import SecretBox
 from service.core.settings import Settings
 from service.sandbox.starface import SandboxOptions, SandboxThread
@@ -37,6 +36,7 @@ from service.starface.credentials import CredentialStore
 from service.starface.rest import open_http
 from service.starface.sessions import SessionManager
 from service.web import starface_callback as callback
+from service.web.server import AppServer
 from tests.fixtures.starface_sandbox import StarfaceSandboxHandle
 
 SECRET_KEY = "bench-secret-key-0123456789abcdefghijklmnop"
@@ -59,20 +59,12 @@ async def callback_server(redis_url: str, settings: Settings) -> AsyncIterator[s
     app = Starlette(routes=callback.routes())
     app.state.redis = aioredis.Redis.from_url(redis_url, max_connections=200)
     app.state.settings = settings
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", access_log=False
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
+    server = AppServer(app, lifespan="off")
+    await server.start()
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield server.url
     finally:
-        server.should_exit = True
-        await task
+        await server.stop()
         await app.state.redis.aclose()
 
 

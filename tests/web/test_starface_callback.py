@@ -11,7 +11,6 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-import uvicorn
 from starlette.applications import Starlette
 
 from service.core import keys
@@ -20,6 +19,7 @@ from service.core.settings import Settings
 from service.starface import callback_tokens, xmlrpc
 from service.starface.calls import CallEvent
 from service.web import starface_callback as callback
+from service.web.server import AppServer
 
 
 @contextlib.asynccontextmanager
@@ -28,22 +28,12 @@ async def serve_callbacks(redis_url: str, settings: Settings) -> AsyncIterator[s
     app = Starlette(routes=callback.routes())
     app.state.redis = aioredis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=1)
     app.state.settings = settings
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", access_log=False
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
+    server = AppServer(app, lifespan="off")
     try:
-        for _ in range(500):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        assert server.started, "callback server did not start"
-        yield f"http://127.0.0.1:{port}"
+        await server.start()
+        yield server.url
     finally:
-        server.should_exit = True
-        await task
+        await server.stop()
         await app.state.redis.aclose()
 
 

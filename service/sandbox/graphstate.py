@@ -21,58 +21,38 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from service.graph import presence
 from service.sandbox.clock import Clock
 
-AVAILABILITIES = frozenset(
-    {
-        "Available",
-        "AvailableIdle",
-        "Away",
-        "BeRightBack",
-        "Busy",
-        "BusyIdle",
-        "DoNotDisturb",
-        "Offline",
-        "PresenceUnknown",
-    }
+# One vocabulary for the bridge and the sandbox: the shared lists of Graph's values.
+AVAILABILITIES = frozenset(presence.AVAILABILITIES)
+ACTIVITIES = frozenset(presence.ACTIVITIES)
+
+
+def _pairs(*pairs: tuple[str, str]) -> frozenset[tuple[str, str]]:
+    """Graph's fixed pair rules, checked against the shared vocabulary when the module loads."""
+    for availability, activity in pairs:
+        if availability not in AVAILABILITIES or activity not in ACTIVITIES:
+            raise ValueError(f"{availability}/{activity} is not in service.graph.presence")
+    return frozenset(pairs)
+
+
+# setPresence and setUserPreferredPresence accept only these pairs:
+# https://learn.microsoft.com/en-us/graph/api/presence-setpresence and .../presence-setuserpreferredpresence
+SET_PRESENCE_COMBINATIONS = _pairs(
+    ("Available", "Available"),
+    ("Busy", "InACall"),
+    ("Busy", "InAConferenceCall"),
+    ("Away", "Away"),
+    ("DoNotDisturb", "Presenting"),
 )
-ACTIVITIES = frozenset(
-    {
-        "Available",
-        "Away",
-        "BeRightBack",
-        "Busy",
-        "DoNotDisturb",
-        "InACall",
-        "InAConferenceCall",
-        "Inactive",
-        "InAMeeting",
-        "Offline",
-        "OffWork",
-        "OutOfOffice",
-        "PresenceUnknown",
-        "Presenting",
-        "UrgentInterruptionsOnly",
-    }
-)
-SET_PRESENCE_COMBINATIONS = frozenset(
-    {
-        ("Available", "Available"),
-        ("Busy", "InACall"),
-        ("Busy", "InAConferenceCall"),
-        ("Away", "Away"),
-        ("DoNotDisturb", "Presenting"),
-    }
-)
-PREFERRED_COMBINATIONS = frozenset(
-    {
-        ("Available", "Available"),
-        ("Busy", "Busy"),
-        ("DoNotDisturb", "DoNotDisturb"),
-        ("BeRightBack", "BeRightBack"),
-        ("Away", "Away"),
-        ("Offline", "OffWork"),
-    }
+PREFERRED_COMBINATIONS = _pairs(
+    ("Available", "Available"),
+    ("Busy", "Busy"),
+    ("DoNotDisturb", "DoNotDisturb"),
+    ("BeRightBack", "BeRightBack"),
+    ("Away", "Away"),
+    ("Offline", "OffWork"),
 )
 # §8.3: an Available session times out to idle after 5 minutes and to Away after 5 more.
 IDLE_AFTER = 5 * 60

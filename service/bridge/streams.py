@@ -22,6 +22,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from service.bridge import deadletters
 from service.core import keys
 from service.core.storage import decoded
 from service.graph.presence import PresenceChange
@@ -86,7 +87,8 @@ class StreamConsumer:
         block_ms: int = 1000,
         claim_idle_ms: int = 60_000,
         max_deliveries: int = 5,
-        dead_letter: str = keys.DEAD_LETTER_STREAM,
+        dead_letter_max_entries: int = deadletters.DEFAULT_MAX_ENTRIES,
+        dead_letter_max_age_seconds: float = deadletters.DEFAULT_MAX_AGE_SECONDS,
     ) -> None:
         self.redis = redis
         self.stream = stream
@@ -97,7 +99,8 @@ class StreamConsumer:
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
-        self.dead_letter = dead_letter
+        self.dead_letter_max_entries = dead_letter_max_entries
+        self.dead_letter_max_age_seconds = dead_letter_max_age_seconds
         self._own_pending_done = False
         self._last_claim = 0.0
         self.processed = 0
@@ -204,16 +207,15 @@ class StreamConsumer:
             if done:
                 pipe.xack(self.stream, self.group, *done)
             for entry in dead:
-                pipe.xadd(
-                    self.dead_letter,
-                    {
-                        "stream": self.stream,
-                        "entry_id": entry.id,
-                        "reason": failures[entry.id][:500],
-                        "deliveries": str(entry.deliveries),
-                        "failed_at": f"{time.time():.3f}",
-                        "fields": json.dumps(entry.fields),
-                    },
+                deadletters.add(
+                    pipe,
+                    stream=self.stream,
+                    entry_id=entry.id,
+                    reason=failures[entry.id],
+                    deliveries=entry.deliveries,
+                    fields=entry.fields,
+                    max_entries=self.dead_letter_max_entries,
+                    max_age_seconds=self.dead_letter_max_age_seconds,
                 )
                 pipe.xack(self.stream, self.group, entry.id)
             if done or dead:

@@ -355,6 +355,21 @@ def _run_explain(args: argparse.Namespace) -> int:
     return with_redis(settings, job)
 
 
+def _add_dead_letters(sub: Subparsers) -> None:
+    from service.cli import deadletters
+
+    parser = sub.add_parser(
+        "dead-letters",
+        help="list, replay or purge the entries that kept failing",
+        description=(
+            "Entries that failed WORKER_MAX_DELIVERIES times wait in the dead-letter stream with their "
+            "reason. List them, put them back on their stream once the cause is fixed, or purge them."
+        ),
+    )
+    deadletters.add_arguments(parser)
+    parser.set_defaults(handler=deadletters.run)
+
+
 # -- mapping -----------------------------------------------------------------------------------
 
 
@@ -474,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_subscriptions(sub)
     _add_status(sub)
     _add_explain(sub)
+    _add_dead_letters(sub)
     _add_mapping(sub)
     _add_starface(sub)
     return parser

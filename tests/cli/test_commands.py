@@ -135,6 +135,7 @@ TOP_LEVEL = (
     "subscriptions",
     "status",
     "explain",
+    "dead-letters",
     "mapping",
     "starface",
 )

@@ -96,15 +96,19 @@ class ControlError(Exception):
         self.status = status
 
 
-def control_routes(sandbox: GraphSandbox) -> list[Route]:
+class ControlApi:
     """``/_sandbox/...``: drive the sandbox from tests and demos (bearer = the control token)."""
 
+    def __init__(self, sandbox: GraphSandbox) -> None:
+        self.sandbox = sandbox
+
     def guarded(
+        self,
         handler: Callable[[Request, dict[str, Any]], Awaitable[Any]],
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            expected = sandbox.options.control_token.encode()
+            expected = self.sandbox.options.control_token.encode()
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
                 return JSONResponse({"error": "a valid control token is required"}, status_code=401)
             raw = await read_bounded(request, JSON_BODY_LIMIT)
@@ -127,38 +131,38 @@ def control_routes(sandbox: GraphSandbox) -> list[Route]:
 
         return endpoint
 
-    def account(request: Request) -> Account:
-        found = sandbox.entra.find_account(request.path_params["user"])
+    def account(self, request: Request) -> Account:
+        found = self.sandbox.entra.find_account(request.path_params["user"])
         if found is None:
             raise ControlError(404, "no such user")
         return found
 
-    def user_json(item: Account) -> dict[str, Any]:
+    def user_json(self, item: Account) -> dict[str, Any]:
         result = item.graph_json()
         result["mfaRequired"] = item.mfa_required
         result["canSignIn"] = item.password is not None
         return result
 
-    async def status(request: Request, body: dict[str, Any]) -> Any:
+    async def status(self, request: Request, body: dict[str, Any]) -> Any:
         return {
-            "baseUrl": sandbox.base_url,
-            "tenantId": sandbox.entra.tenant_id,
-            "domain": sandbox.entra.domain,
-            "clientId": sandbox.options.client_id,
-            "now": format_datetime(sandbox.clock.now()),
-            "users": len(sandbox.entra.accounts),
-            "subscriptions": len(sandbox.subscriptions.active()),
-            "deliveriesInFlight": sandbox.notifier.in_flight,
+            "baseUrl": self.sandbox.base_url,
+            "tenantId": self.sandbox.entra.tenant_id,
+            "domain": self.sandbox.entra.domain,
+            "clientId": self.sandbox.options.client_id,
+            "now": format_datetime(self.sandbox.clock.now()),
+            "users": len(self.sandbox.entra.accounts),
+            "subscriptions": len(self.sandbox.subscriptions.active()),
+            "deliveriesInFlight": self.sandbox.notifier.in_flight,
         }
 
-    async def list_users(request: Request, body: dict[str, Any]) -> Any:
-        return {"value": [user_json(a) for a in sandbox.entra.accounts.values()]}
+    async def list_users(self, request: Request, body: dict[str, Any]) -> Any:
+        return {"value": [self.user_json(a) for a in self.sandbox.entra.accounts.values()]}
 
-    async def create_user(request: Request, body: dict[str, Any]) -> Any:
+    async def create_user(self, request: Request, body: dict[str, Any]) -> Any:
         display_name = body.get("displayName")
         if not isinstance(display_name, str) or not display_name:
             raise ControlError(400, "displayName is required")
-        created = sandbox.add_user(
+        created = self.sandbox.add_user(
             display_name,
             mail=body.get("mail"),
             user_principal_name=body.get("userPrincipalName"),
@@ -166,29 +170,29 @@ def control_routes(sandbox: GraphSandbox) -> list[Route]:
             password=body.get("password"),
             mfa_required=bool(body.get("mfaRequired", False)),
         )
-        return user_json(created)
+        return self.user_json(created)
 
-    async def update_user(request: Request, body: dict[str, Any]) -> Any:
-        item = account(request)
+    async def update_user(self, request: Request, body: dict[str, Any]) -> Any:
+        item = self.account(request)
         if "mfaRequired" in body:
             item.mfa_required = bool(body["mfaRequired"])
         if "password" in body:
             item.password = body["password"]
             # A password change invalidates refresh tokens, as in Entra.
-            sandbox.entra.revoke_sessions(item.id)
+            self.sandbox.entra.revoke_sessions(item.id)
         if "outOfOffice" in body:
-            sandbox.presence.set_out_of_office(
+            self.sandbox.presence.set_out_of_office(
                 item.id, bool(body["outOfOffice"]), body.get("outOfOfficeMessage")
             )
-        return user_json(item)
+        return self.user_json(item)
 
-    async def put_session(request: Request, body: dict[str, Any]) -> Any:
-        item = account(request)
+    async def put_session(self, request: Request, body: dict[str, Any]) -> Any:
+        item = self.account(request)
         availability, activity = body.get("availability"), body.get("activity")
         if availability not in AVAILABILITIES or activity not in ACTIVITIES:
             raise ControlError(400, "availability/activity must be Graph values (e.g. Busy/InAMeeting)")
         seconds = body.get("expiresInSeconds")
-        sandbox.presence.set_session(
+        self.sandbox.presence.set_session(
             item.id,
             request.path_params["session"],
             kind="teams",
@@ -198,41 +202,41 @@ def control_routes(sandbox: GraphSandbox) -> list[Route]:
             cause=f"Teams client {request.path_params['session']}",
         )
         return {
-            "sessions": sandbox.presence.sessions(item.id),
-            "presence": sandbox.presence.resource(item.id),
+            "sessions": self.sandbox.presence.sessions(item.id),
+            "presence": self.sandbox.presence.resource(item.id),
         }
 
-    async def delete_session(request: Request, body: dict[str, Any]) -> Any:
-        item = account(request)
+    async def delete_session(self, request: Request, body: dict[str, Any]) -> Any:
+        item = self.account(request)
         session = request.path_params["session"]
-        if not sandbox.presence.clear_session(item.id, session, f"Teams client {session} closed"):
+        if not self.sandbox.presence.clear_session(item.id, session, f"Teams client {session} closed"):
             raise ControlError(404, "no such session")
         return {
-            "sessions": sandbox.presence.sessions(item.id),
-            "presence": sandbox.presence.resource(item.id),
+            "sessions": self.sandbox.presence.sessions(item.id),
+            "presence": self.sandbox.presence.resource(item.id),
         }
 
-    async def get_sessions(request: Request, body: dict[str, Any]) -> Any:
-        item = account(request)
+    async def get_sessions(self, request: Request, body: dict[str, Any]) -> Any:
+        item = self.account(request)
         return {
-            "sessions": sandbox.presence.sessions(item.id),
-            "presence": sandbox.presence.resource(item.id),
+            "sessions": self.sandbox.presence.sessions(item.id),
+            "presence": self.sandbox.presence.resource(item.id),
         }
 
-    async def history(request: Request, body: dict[str, Any]) -> Any:
-        item = account(request)
-        sandbox.presence.refresh(item.id)
-        return {"userId": item.id, "value": sandbox.presence.history(item.id)}
+    async def history(self, request: Request, body: dict[str, Any]) -> Any:
+        item = self.account(request)
+        self.sandbox.presence.refresh(item.id)
+        return {"userId": item.id, "value": self.sandbox.presence.history(item.id)}
 
-    async def revoke_sessions(request: Request, body: dict[str, Any]) -> Any:
-        item = account(request)
-        sandbox.entra.revoke_sessions(item.id)
+    async def revoke_sessions(self, request: Request, body: dict[str, Any]) -> Any:
+        item = self.account(request)
+        self.sandbox.entra.revoke_sessions(item.id)
         return None
 
-    async def list_apps(request: Request, body: dict[str, Any]) -> Any:
-        return {"value": [a.public() for a in sandbox.entra.apps.values()]}
+    async def list_apps(self, request: Request, body: dict[str, Any]) -> Any:
+        return {"value": [a.public() for a in self.sandbox.entra.apps.values()]}
 
-    async def create_app(request: Request, body: dict[str, Any]) -> Any:
+    async def create_app(self, request: Request, body: dict[str, Any]) -> Any:
         app = AppRegistration(
             client_id=str(body.get("clientId") or uuid.uuid4()),
             display_name=str(body.get("displayName") or "sandbox app"),
@@ -241,11 +245,11 @@ def control_routes(sandbox: GraphSandbox) -> list[Route]:
             delegated_permissions=set(body.get("delegatedPermissions", [])),
             public_client=bool(body.get("publicClient", True)),
         )
-        sandbox.entra.add_app(app)
+        self.sandbox.entra.add_app(app)
         return app.public()
 
-    async def update_app(request: Request, body: dict[str, Any]) -> Any:
-        app = sandbox.entra.apps.get(request.path_params["client_id"])
+    async def update_app(self, request: Request, body: dict[str, Any]) -> Any:
+        app = self.sandbox.entra.apps.get(request.path_params["client_id"])
         if app is None:
             raise ControlError(404, "no such app")
         if "applicationPermissions" in body:
@@ -256,78 +260,78 @@ def control_routes(sandbox: GraphSandbox) -> list[Route]:
             app.public_client = bool(body["publicClient"])
         return app.public()
 
-    def consent_target(body: dict[str, Any]) -> tuple[str, str | None]:
-        client_id = body.get("clientId") or sandbox.options.client_id
-        if client_id not in sandbox.entra.apps:
+    def consent_target(self, body: dict[str, Any]) -> tuple[str, str | None]:
+        client_id = body.get("clientId") or self.sandbox.options.client_id
+        if client_id not in self.sandbox.entra.apps:
             raise ControlError(404, "no such app")
         user = body.get("user")
         if user is None:
             return client_id, None
-        found = sandbox.entra.find_account(str(user))
+        found = self.sandbox.entra.find_account(str(user))
         if found is None:
             raise ControlError(404, "no such user")
         return client_id, found.id
 
-    async def revoke_consent(request: Request, body: dict[str, Any]) -> Any:
-        client_id, user_id = consent_target(body)
-        sandbox.entra.revoke_consent(client_id, user_id)
+    async def revoke_consent(self, request: Request, body: dict[str, Any]) -> Any:
+        client_id, user_id = self.consent_target(body)
+        self.sandbox.entra.revoke_consent(client_id, user_id)
         return None
 
-    async def grant_consent(request: Request, body: dict[str, Any]) -> Any:
-        client_id, user_id = consent_target(body)
-        sandbox.entra.grant_consent(client_id, user_id)
+    async def grant_consent(self, request: Request, body: dict[str, Any]) -> Any:
+        client_id, user_id = self.consent_target(body)
+        self.sandbox.entra.grant_consent(client_id, user_id)
         return None
 
-    async def approve_device(request: Request, body: dict[str, Any]) -> Any:
-        found = sandbox.entra.find_account(str(body.get("user", "")))
+    async def approve_device(self, request: Request, body: dict[str, Any]) -> Any:
+        found = self.sandbox.entra.find_account(str(body.get("user", "")))
         if found is None:
             raise ControlError(404, "no such user")
         try:
-            sandbox.entra.approve_device_code(request.path_params["code"], found.id)
+            self.sandbox.entra.approve_device_code(request.path_params["code"], found.id)
         except KeyError:
             raise ControlError(404, "no pending device code with that user code") from None
         return None
 
-    async def decline_device(request: Request, body: dict[str, Any]) -> Any:
+    async def decline_device(self, request: Request, body: dict[str, Any]) -> Any:
         try:
-            sandbox.entra.decline_device_code(request.path_params["code"])
+            self.sandbox.entra.decline_device_code(request.path_params["code"])
         except KeyError:
             raise ControlError(404, "no pending device code with that user code") from None
         return None
 
-    async def rotate_keys(request: Request, body: dict[str, Any]) -> Any:
-        return {"kid": sandbox.entra.rotate_signing_key().kid}
+    async def rotate_keys(self, request: Request, body: dict[str, Any]) -> Any:
+        return {"kid": self.sandbox.entra.rotate_signing_key().kid}
 
-    async def list_subscriptions(request: Request, body: dict[str, Any]) -> Any:
-        now = sandbox.clock.now()
-        return {"value": [s.control_json(now) for s in sandbox.subscriptions.all()]}
+    async def list_subscriptions(self, request: Request, body: dict[str, Any]) -> Any:
+        now = self.sandbox.clock.now()
+        return {"value": [s.control_json(now) for s in self.sandbox.subscriptions.all()]}
 
-    def subscription(request: Request) -> Subscription:
-        found = sandbox.subscriptions.get(request.path_params["sid"])
+    def subscription(self, request: Request) -> Subscription:
+        found = self.sandbox.subscriptions.get(request.path_params["sid"])
         if found is None:
             raise ControlError(404, "no such subscription")
         return found
 
-    async def expire_subscription(request: Request, body: dict[str, Any]) -> Any:
-        found = subscription(request)
-        found.expires_at = min(found.expires_at, sandbox.clock.now())
-        return found.control_json(sandbox.clock.now())
+    async def expire_subscription(self, request: Request, body: dict[str, Any]) -> Any:
+        found = self.subscription(request)
+        found.expires_at = min(found.expires_at, self.sandbox.clock.now())
+        return found.control_json(self.sandbox.clock.now())
 
-    async def delete_subscription(request: Request, body: dict[str, Any]) -> Any:
-        subscription(request).deleted = True
+    async def delete_subscription(self, request: Request, body: dict[str, Any]) -> Any:
+        self.subscription(request).deleted = True
         return None
 
-    async def lifecycle_now(request: Request, body: dict[str, Any]) -> Any:
-        found = subscription(request)
+    async def lifecycle_now(self, request: Request, body: dict[str, Any]) -> Any:
+        found = self.subscription(request)
         if found.lifecycle_url is None:
             raise ControlError(409, "the subscription has no lifecycleNotificationUrl")
-        sandbox._send_lifecycle(found, "reauthorizationRequired")
+        self.sandbox._send_lifecycle(found, "reauthorizationRequired")
         return None
 
-    async def list_faults(request: Request, body: dict[str, Any]) -> Any:
-        return {"value": [f.public() for f in sandbox.faults.items]}
+    async def list_faults(self, request: Request, body: dict[str, Any]) -> Any:
+        return {"value": [f.public() for f in self.sandbox.faults.items]}
 
-    async def add_fault(request: Request, body: dict[str, Any]) -> Any:
+    async def add_fault(self, request: Request, body: dict[str, Any]) -> Any:
         path = body.get("path")
         if not isinstance(path, str) or not path.startswith("/"):
             raise ControlError(400, "path must be an absolute request path or fnmatch pattern")
@@ -344,44 +348,44 @@ def control_routes(sandbox: GraphSandbox) -> list[Route]:
             stall_seconds=stall,
             retry_after=None if body.get("retryAfter") is None else int(body["retryAfter"]),
         )
-        sandbox.faults.items.append(fault)
+        self.sandbox.faults.items.append(fault)
         return fault.public()
 
-    async def clear_faults(request: Request, body: dict[str, Any]) -> Any:
-        sandbox.faults.items.clear()
+    async def clear_faults(self, request: Request, body: dict[str, Any]) -> Any:
+        self.sandbox.faults.items.clear()
         return None
 
-    def clock_json() -> dict[str, Any]:
+    def clock_json(self) -> dict[str, Any]:
         return {
-            "now": format_datetime(sandbox.clock.now()),
-            "epoch": sandbox.clock.now(),
-            "offsetSeconds": sandbox.clock.offset,
-            "speed": sandbox.clock.speed,
+            "now": format_datetime(self.sandbox.clock.now()),
+            "epoch": self.sandbox.clock.now(),
+            "offsetSeconds": self.sandbox.clock.offset,
+            "speed": self.sandbox.clock.speed,
         }
 
-    async def get_clock(request: Request, body: dict[str, Any]) -> Any:
-        return clock_json()
+    async def get_clock(self, request: Request, body: dict[str, Any]) -> Any:
+        return self.clock_json()
 
-    async def advance_clock(request: Request, body: dict[str, Any]) -> Any:
+    async def advance_clock(self, request: Request, body: dict[str, Any]) -> Any:
         seconds = float(body.get("seconds", 0))
         if seconds < 0:
             raise ControlError(400, "the clock only moves forward")
-        sandbox.advance(seconds)
-        return clock_json()
+        self.sandbox.advance(seconds)
+        return self.clock_json()
 
-    async def set_clock(request: Request, body: dict[str, Any]) -> Any:
+    async def set_clock(self, request: Request, body: dict[str, Any]) -> Any:
         if "speed" in body:
-            sandbox.clock.set_speed(float(body["speed"]))
-        return clock_json()
+            self.sandbox.clock.set_speed(float(body["speed"]))
+        return self.clock_json()
 
-    async def settings(request: Request, body: dict[str, Any]) -> Any:
-        options = sandbox.options
+    async def settings(self, request: Request, body: dict[str, Any]) -> Any:
+        options = self.sandbox.options
         if "throttleLimit" in body or "throttleWindowSeconds" in body:
             options.throttle_limit = int(body.get("throttleLimit", options.throttle_limit))
             options.throttle_window_seconds = float(
                 body.get("throttleWindowSeconds", options.throttle_window_seconds)
             )
-            sandbox.limiter.configure(options.throttle_limit, options.throttle_window_seconds)
+            self.sandbox.limiter.configure(options.throttle_limit, options.throttle_window_seconds)
         if "validationTokenVersion" in body:
             if body["validationTokenVersion"] not in ("v1", "v2"):
                 raise ControlError(400, "validationTokenVersion is v1 or v2")
@@ -411,44 +415,49 @@ def control_routes(sandbox: GraphSandbox) -> list[Route]:
             "reauthorizationLeadSeconds": options.reauthorization_lead_seconds,
         }
 
-    async def deliveries(request: Request, body: dict[str, Any]) -> Any:
+    async def deliveries(self, request: Request, body: dict[str, Any]) -> Any:
         since = int(request.query_params.get("since", "0"))
         return {
-            "inFlight": sandbox.notifier.in_flight,
-            "value": [e for e in sandbox.notifier.log if e["id"] > since],
+            "inFlight": self.sandbox.notifier.in_flight,
+            "value": [e for e in self.sandbox.notifier.log if e["id"] > since],
         }
 
+
+def control_routes(sandbox: GraphSandbox) -> list[Route]:
+    """The control API's routes over ``sandbox``."""
+    api = ControlApi(sandbox)
+
     def r(path: str, handler: Callable[[Request, dict[str, Any]], Awaitable[Any]], method: str) -> Route:
-        return Route(f"/_sandbox{path}", guarded(handler), methods=[method])
+        return Route(f"/_sandbox{path}", api.guarded(handler), methods=[method])
 
     return [
-        r("/status", status, "GET"),
-        r("/users", list_users, "GET"),
-        r("/users", create_user, "POST"),
-        r("/users/{user}", update_user, "PATCH"),
-        r("/users/{user}/sessions", get_sessions, "GET"),
-        r("/users/{user}/sessions/{session}", put_session, "PUT"),
-        r("/users/{user}/sessions/{session}", delete_session, "DELETE"),
-        r("/users/{user}/presence-history", history, "GET"),
-        r("/users/{user}/revoke-sessions", revoke_sessions, "POST"),
-        r("/apps", list_apps, "GET"),
-        r("/apps", create_app, "POST"),
-        r("/apps/{client_id}", update_app, "PATCH"),
-        r("/consent/revoke", revoke_consent, "POST"),
-        r("/consent/grant", grant_consent, "POST"),
-        r("/device-codes/{code}/approve", approve_device, "POST"),
-        r("/device-codes/{code}/decline", decline_device, "POST"),
-        r("/signing-keys/rotate", rotate_keys, "POST"),
-        r("/subscriptions", list_subscriptions, "GET"),
-        r("/subscriptions/{sid}/expire", expire_subscription, "POST"),
-        r("/subscriptions/{sid}", delete_subscription, "DELETE"),
-        r("/subscriptions/{sid}/reauthorization-required", lifecycle_now, "POST"),
-        r("/faults", list_faults, "GET"),
-        r("/faults", add_fault, "POST"),
-        r("/faults", clear_faults, "DELETE"),
-        r("/clock", get_clock, "GET"),
-        r("/clock", set_clock, "PUT"),
-        r("/clock/advance", advance_clock, "POST"),
-        r("/settings", settings, "PUT"),
-        r("/deliveries", deliveries, "GET"),
+        r("/status", api.status, "GET"),
+        r("/users", api.list_users, "GET"),
+        r("/users", api.create_user, "POST"),
+        r("/users/{user}", api.update_user, "PATCH"),
+        r("/users/{user}/sessions", api.get_sessions, "GET"),
+        r("/users/{user}/sessions/{session}", api.put_session, "PUT"),
+        r("/users/{user}/sessions/{session}", api.delete_session, "DELETE"),
+        r("/users/{user}/presence-history", api.history, "GET"),
+        r("/users/{user}/revoke-sessions", api.revoke_sessions, "POST"),
+        r("/apps", api.list_apps, "GET"),
+        r("/apps", api.create_app, "POST"),
+        r("/apps/{client_id}", api.update_app, "PATCH"),
+        r("/consent/revoke", api.revoke_consent, "POST"),
+        r("/consent/grant", api.grant_consent, "POST"),
+        r("/device-codes/{code}/approve", api.approve_device, "POST"),
+        r("/device-codes/{code}/decline", api.decline_device, "POST"),
+        r("/signing-keys/rotate", api.rotate_keys, "POST"),
+        r("/subscriptions", api.list_subscriptions, "GET"),
+        r("/subscriptions/{sid}/expire", api.expire_subscription, "POST"),
+        r("/subscriptions/{sid}", api.delete_subscription, "DELETE"),
+        r("/subscriptions/{sid}/reauthorization-required", api.lifecycle_now, "POST"),
+        r("/faults", api.list_faults, "GET"),
+        r("/faults", api.add_fault, "POST"),
+        r("/faults", api.clear_faults, "DELETE"),
+        r("/clock", api.get_clock, "GET"),
+        r("/clock", api.set_clock, "PUT"),
+        r("/clock/advance", api.advance_clock, "POST"),
+        r("/settings", api.settings, "PUT"),
+        r("/deliveries", api.deliveries, "GET"),
     ]

@@ -13,275 +13,57 @@ controllable clock, so an advanced clock expires tokens exactly as time would.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
 import hmac
-import html
 import json
 import secrets
 import string
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote_plus
 
 import jwt
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
 
 from service.sandbox.clock import Clock
-from service.web.body import read_bounded
-
-GRAPH_RESOURCE = "https://graph.microsoft.com"
-GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
-CHANGE_TRACKING_APP_ID = "0bf30f3b-4a52-48df-9a82-234910c4a086"
-# Tokens name the real issuers: a validator written for Entra then works unchanged here.
-V2_ISSUER = "https://login.microsoftonline.com/{tid}/v2.0"
-V1_ISSUER = "https://sts.windows.net/{tid}/"
-OIDC_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
-DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
-
-# Graph delegated permissions and application roles the sandbox knows about.
-DELEGATED_PERMISSIONS = frozenset(
-    {
-        "Presence.Read",
-        "Presence.Read.All",
-        "Presence.ReadWrite",
-        "User.Read",
-        "User.ReadBasic.All",
-        "User.Read.All",
-    }
+from service.sandbox.entra_model import (
+    APPLICATION_PERMISSIONS,
+    CHANGE_TRACKING_APP_ID,
+    DELEGATED_PERMISSIONS,
+    DEVICE_CODE_GRANT,
+    GRAPH_APP_ID,
+    GRAPH_RESOURCE,
+    OIDC_SCOPES,
+    V1_ISSUER,
+    V2_ISSUER,
+    DeviceAuthorization,
+    RefreshGrant,
+    _consent_error,
+    _mfa_error,
+    _ScopeRequest,
+    b64url,
 )
-APPLICATION_PERMISSIONS = frozenset({"Presence.Read.All", "Presence.ReadWrite.All", "User.Read.All"})
-
-TOKEN_BODY_LIMIT = 64 * 1024
-JSON_BODY_LIMIT = 1024 * 1024
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _int_b64url(number: int) -> str:
-    return b64url(number.to_bytes((number.bit_length() + 7) // 8, "big"))
-
-
-class SigningKey:
-    """An RS256 key with a self-signed certificate, published in the JWKS like Entra's keys."""
-
-    def __init__(self, private_key: rsa.RSAPrivateKey | None = None) -> None:
-        self.private_key = private_key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        now = dt.datetime.now(dt.UTC)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "accounts.sandbox.invalid")])
-        self.certificate = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self.private_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=365))
-            .sign(self.private_key, hashes.SHA256())
-        )
-        # Entra's kid and x5t are both the base64url SHA-1 thumbprint of the key's certificate.
-        self.kid = b64url(self.certificate.fingerprint(hashes.SHA1()))  # noqa: S303
-
-    def jwk(self, issuer: str) -> dict[str, Any]:
-        numbers = self.private_key.public_key().public_numbers()
-        der = self.certificate.public_bytes(serialization.Encoding.DER)
-        return {
-            "kty": "RSA",
-            "use": "sig",
-            "kid": self.kid,
-            "x5t": self.kid,
-            "n": _int_b64url(numbers.n),
-            "e": _int_b64url(numbers.e),
-            "x5c": [base64.b64encode(der).decode()],
-            "issuer": issuer,
-        }
-
-    def sign(self, claims: dict[str, Any]) -> str:
-        return jwt.encode(
-            claims, self.private_key, algorithm="RS256", headers={"kid": self.kid, "x5t": self.kid}
-        )
-
-
-@dataclass
-class AppRegistration:
-    client_id: str
-    display_name: str
-    client_secret: str | None = field(default=None, repr=False)
-    # Application permissions with admin consent: they become the ``roles`` of app-only tokens.
-    application_permissions: set[str] = field(default_factory=set)
-    # Delegated permissions with tenant-wide admin consent.
-    delegated_permissions: set[str] = field(default_factory=set)
-    public_client: bool = True
-    service_principal_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-
-    def public(self) -> dict[str, Any]:
-        return {
-            "clientId": self.client_id,
-            "displayName": self.display_name,
-            "hasSecret": self.client_secret is not None,
-            "applicationPermissions": sorted(self.application_permissions),
-            "delegatedPermissions": sorted(self.delegated_permissions),
-            "publicClient": self.public_client,
-            "servicePrincipalId": self.service_principal_id,
-        }
-
-
-@dataclass
-class Account:
-    id: str
-    user_principal_name: str
-    display_name: str
-    mail: str | None
-    given_name: str | None = None
-    surname: str | None = None
-    job_title: str | None = None
-    password: str | None = field(default=None, repr=False)
-    mfa_required: bool = False
-    # Like Entra's refreshTokensValidFromDateTime: refresh tokens issued before it are revoked.
-    tokens_valid_from: float = 0.0
-
-    def graph_json(self) -> dict[str, Any]:
-        return {
-            "businessPhones": [],
-            "displayName": self.display_name,
-            "givenName": self.given_name,
-            "jobTitle": self.job_title,
-            "mail": self.mail,
-            "mobilePhone": None,
-            "officeLocation": None,
-            "preferredLanguage": None,
-            "surname": self.surname,
-            "userPrincipalName": self.user_principal_name,
-            "id": self.id,
-        }
-
-
-@dataclass
-class RefreshGrant:
-    user_id: str
-    client_id: str
-    issued_at: float
-    mfa_done: bool
-    last_used: float
-
-
-@dataclass
-class DeviceAuthorization:
-    device_code: str
-    user_code: str
-    client_id: str
-    scopes: list[str]
-    expires_at: float
-    approved_by: str | None = None
-    declined: bool = False
-    redeemed: bool = False
-
-
-@dataclass(frozen=True)
-class AccessContext:
-    """Who is calling Graph, read from a verified access token."""
-
-    app_id: str
-    tenant_id: str
-    user_id: str | None
-    scopes: frozenset[str]
-    roles: frozenset[str]
-    issued_at: float
-    expires_at: float
-
-    @property
-    def app_only(self) -> bool:
-        return self.user_id is None
-
-
-class OAuthError(Exception):
-    """An Entra token-endpoint error; the HTTP layer renders it with trace ids and a timestamp."""
-
-    def __init__(
-        self,
-        status: int,
-        error: str,
-        code: int,
-        text: str,
-        *,
-        suberror: str | None = None,
-        claims: str | None = None,
-    ) -> None:
-        super().__init__(f"AADSTS{code}: {text}")
-        self.status = status
-        self.error = error
-        self.code = code
-        self.text = text
-        self.suberror = suberror
-        self.claims = claims
-
-    def body(self, now: dt.datetime, correlation_id: str, error_uri_base: str) -> dict[str, Any]:
-        trace_id = str(uuid.uuid4())
-        stamp = now.strftime("%Y-%m-%d %H:%M:%SZ")
-        result: dict[str, Any] = {
-            "error": self.error,
-            "error_description": (
-                f"AADSTS{self.code}: {self.text} Trace ID: {trace_id} "
-                f"Correlation ID: {correlation_id} Timestamp: {stamp}"
-            ),
-            "error_codes": [self.code],
-            "timestamp": stamp,
-            "trace_id": trace_id,
-            "correlation_id": correlation_id,
-            "error_uri": f"{error_uri_base}/error?code={self.code}",
-        }
-        if self.suberror is not None:
-            result["suberror"] = self.suberror
-        if self.claims is not None:
-            result["claims"] = self.claims
-        return result
-
-
-class TokenRejected(Exception):
-    """A bearer token Graph does not accept; the message is Graph's wording for the 401."""
-
-
-def _mfa_error() -> OAuthError:
-    claims = json.dumps({"access_token": {"capolids": {"essential": True, "values": [str(uuid.uuid4())]}}})
-    return OAuthError(
-        400,
-        "invalid_grant",
-        50076,
-        "Due to a configuration change made by your administrator, or because you moved to a new "
-        f"location, you must use multi-factor authentication to access '{GRAPH_APP_ID}'.",
-        suberror="basic_action",
-        claims=claims,
-    )
-
-
-def _consent_error(app: AppRegistration) -> OAuthError:
-    return OAuthError(
-        400,
-        "invalid_grant",
-        65001,
-        f"The user or administrator has not consented to use the application with ID "
-        f"'{app.client_id}' named '{app.display_name}'. Send an interactive authorization request "
-        "for this user and resource.",
-        suberror="consent_required",
-    )
-
-
-@dataclass(frozen=True)
-class _ScopeRequest:
-    graph: frozenset[str]
-    default: bool
-    oidc: frozenset[str]
+from service.sandbox.entra_model import (
+    JSON_BODY_LIMIT as JSON_BODY_LIMIT,
+)
+from service.sandbox.entra_model import (
+    AccessContext as AccessContext,
+)
+from service.sandbox.entra_model import (
+    Account as Account,
+)
+from service.sandbox.entra_model import (
+    AppRegistration as AppRegistration,
+)
+from service.sandbox.entra_model import (
+    OAuthError as OAuthError,
+)
+from service.sandbox.entra_model import (
+    SigningKey as SigningKey,
+)
+from service.sandbox.entra_model import (
+    TokenRejected as TokenRejected,
+)
 
 
 class EntraTenant:
@@ -949,130 +731,3 @@ def _pairwise(user_id: str, client_id: str) -> str:
 
 def _iso(epoch: float) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%m/%d/%Y %H:%M:%S")
-
-
-# ---- HTTP ------------------------------------------------------------------------------------
-
-
-def _form(body: bytes) -> dict[str, str]:
-    return dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
-
-
-def _basic_auth(request: Request) -> tuple[str, str] | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "basic" or not value:
-        return None
-    try:
-        decoded = base64.b64decode(value, validate=True).decode()
-    except (ValueError, UnicodeDecodeError):
-        return None
-    user, sep, password = decoded.partition(":")
-    if not sep:
-        return None
-    return unquote_plus(user), unquote_plus(password)
-
-
-def entra_routes(tenant: EntraTenant, base_url: Callable[[], str]) -> list[Route]:
-    """Starlette routes for the tenant; ``base_url`` is read per request (the port is known late)."""
-
-    def oauth_error(exc: OAuthError, request: Request) -> JSONResponse:
-        correlation = request.headers.get("client-request-id") or str(uuid.uuid4())
-        body = exc.body(tenant.clock.utcnow(), correlation, base_url())
-        headers = {"WWW-Authenticate": 'Basic realm="sandbox"'} if exc.status == 401 else None
-        return JSONResponse(body, status_code=exc.status, headers=headers)
-
-    def unknown_tenant(segment: str) -> JSONResponse:
-        error = OAuthError(
-            400,
-            "invalid_tenant",
-            90002,
-            f"Tenant '{segment}' not found. Check to make sure you have the correct tenant ID and are "
-            "signing into the correct cloud.",
-        )
-        return JSONResponse(error.body(tenant.clock.utcnow(), str(uuid.uuid4()), base_url()), 400)
-
-    async def metadata_v2(request: Request) -> Response:
-        segment = request.path_params["tenant"]
-        if not tenant.knows_tenant(segment):
-            return unknown_tenant(segment)
-        return JSONResponse(tenant.openid_configuration(base_url(), segment, "v2"))
-
-    async def metadata_v1(request: Request) -> Response:
-        segment = request.path_params["tenant"]
-        if not tenant.knows_tenant(segment):
-            return unknown_tenant(segment)
-        return JSONResponse(tenant.openid_configuration(base_url(), segment, "v1"))
-
-    async def keys(request: Request) -> Response:
-        segment = request.path_params["tenant"]
-        if not tenant.knows_tenant(segment):
-            return unknown_tenant(segment)
-        return JSONResponse(tenant.jwks())
-
-    async def user_realm(request: Request) -> Response:
-        return JSONResponse(tenant.user_realm(request.path_params["username"]))
-
-    async def token(request: Request) -> Response:
-        segment = request.path_params["tenant"]
-        if not tenant.knows_tenant(segment):
-            return unknown_tenant(segment)
-        form = _form(await read_bounded(request, TOKEN_BODY_LIMIT))
-        try:
-            result = tenant.token(form, _basic_auth(request))
-        except OAuthError as exc:
-            return oauth_error(exc, request)
-        return JSONResponse(result, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
-
-    async def devicecode(request: Request) -> Response:
-        segment = request.path_params["tenant"]
-        if not tenant.knows_tenant(segment):
-            return unknown_tenant(segment)
-        form = _form(await read_bounded(request, TOKEN_BODY_LIMIT))
-        try:
-            return JSONResponse(tenant.device_authorization(form, base_url()))
-        except OAuthError as exc:
-            return oauth_error(exc, request)
-
-    async def device_login(request: Request) -> Response:
-        # The page a person opens from the device-code message: code plus password sign-in.
-        message = ""
-        if request.method == "POST":
-            form = _form(await read_bounded(request, TOKEN_BODY_LIMIT))
-            account = tenant.find_account(form.get("username", ""))
-            password = form.get("password", "")
-            valid = (
-                account is not None
-                and account.password is not None
-                and hmac.compare_digest(account.password.encode(), password.encode())
-            )
-            if not valid or account is None:
-                message = "Sign-in failed: unknown user or wrong password."
-            else:
-                try:
-                    tenant.approve_device_code(form.get("user_code", ""), account.id)
-                    message = "Signed in. You can close this page and return to the device."
-                except KeyError:
-                    message = "That code is unknown or expired."
-        return HTMLResponse(_DEVICE_PAGE.format(message=html.escape(message)))
-
-    return [
-        Route("/{tenant}/v2.0/.well-known/openid-configuration", metadata_v2),
-        Route("/{tenant}/.well-known/openid-configuration", metadata_v1),
-        Route("/{tenant}/discovery/v2.0/keys", keys),
-        Route("/{tenant}/discovery/keys", keys),
-        Route("/common/userrealm/{username}", user_realm),
-        Route("/{tenant}/oauth2/v2.0/token", token, methods=["POST"]),
-        Route("/{tenant}/oauth2/v2.0/devicecode", devicecode, methods=["POST"]),
-        Route("/devicelogin", device_login, methods=["GET", "POST"]),
-    ]
-
-
-_DEVICE_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>Sandbox device sign-in</title></head>
-<body><h1>Enter code</h1><p>{message}</p>
-<form method="post"><label>Code <input name="user_code" autocomplete="off"></label><br>
-<label>User <input name="username"></label><br>
-<label>Password <input name="password" type="password"></label><br>
-<button type="submit">Sign in</button></form></body></html>
-"""

@@ -47,8 +47,8 @@ from service.sandbox.entra import (
     OAuthError,
     SigningKey,
     TokenRejected,
-    entra_routes,
 )
+from service.sandbox.entra_routes import entra_routes
 from service.sandbox.graph_control import FaultBook, control_routes, session_duration
 from service.sandbox.graph_delivery import Notifier, PendingItem, read_capped
 from service.sandbox.graphstate import (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -72,6 +73,10 @@ class CallEvent:
 
 # Epoch values above this are milliseconds: seconds would put them past the year 5000.
 _MILLISECONDS_FROM = 100_000_000_000
+# Beyond the year 9999 in either unit a timestamp is noise; refusing it early keeps float() and
+# int() of a hostile digit string from overflowing (Python refuses int() of over 4,300 digits).
+_MAX_EPOCH_SECONDS = 253_402_300_799
+_MAX_DIGITS = 20
 
 
 def event_time(value: Any) -> float | None:
@@ -84,16 +89,33 @@ def event_time(value: Any) -> float | None:
         return None
     if isinstance(value, str):
         stripped = value.strip()
-        if not stripped.lstrip("-").isdigit():
+        if len(stripped) > 64:
+            return None
+        if not stripped.lstrip("-").isascii() or not stripped.lstrip("-").isdigit():
             return _iso_time(stripped)
+        if len(stripped.lstrip("-")) > _MAX_DIGITS:
+            return None
         value = int(stripped)
+    if isinstance(value, int) and abs(value) > _MAX_EPOCH_SECONDS * 1000:
+        return None
     if isinstance(value, int | float):
         number = float(value)
-        return number / 1000 if abs(number) >= _MILLISECONDS_FROM else number
+        if not math.isfinite(number):
+            return None
+        seconds = number / 1000 if abs(number) >= _MILLISECONDS_FROM else number
+        return seconds if abs(seconds) <= _MAX_EPOCH_SECONDS else None
     if isinstance(value, dt.datetime):
         aware = value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
-        return aware.timestamp()
+        return _timestamp(aware)
     return None
+
+
+def _timestamp(aware: dt.datetime) -> float | None:
+    try:
+        seconds = aware.timestamp()
+    except (OverflowError, OSError, ValueError):
+        return None
+    return seconds if abs(seconds) <= _MAX_EPOCH_SECONDS else None
 
 
 def _iso_time(text: str) -> float | None:
@@ -102,7 +124,7 @@ def _iso_time(text: str) -> float | None:
     except ValueError:
         return None
     aware = parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
-    return aware.timestamp()
+    return _timestamp(aware)
 
 
 def _text(value: Any) -> str:

@@ -80,3 +80,22 @@ def test_event_time_accepts_the_forms_a_pbx_may_send(value: Any, expected: float
         assert event_time(value) is None
     else:
         assert event_time(value) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        10**400,
+        -(10**400),
+        "9" * 5000,
+        "9" * 25,
+        float("inf"),
+        float("nan"),
+        10**20,
+        "+" + "1" * 30,
+        "٣٣٣",
+        "9999-12-31T23:59:59-23:00",
+    ],
+)
+def test_event_time_of_a_huge_or_odd_value_is_none_never_an_overflow(value: Any) -> None:
+    assert event_time(value) is None

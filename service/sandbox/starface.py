@@ -26,8 +26,9 @@ from typing import Any
 
 from service.core.tls import client_context
 from service.sandbox.clock import Clock
-from service.sandbox.starface_app import Context, build_control_app, build_pbx_app
+from service.sandbox.starface_app import build_control_app, build_pbx_app
 from service.sandbox.starface_callbacks import Dispatcher
+from service.sandbox.starface_context import Context
 from service.sandbox.starface_model import DEFAULT_SESSION_TIMEOUT_SECONDS, Pbx
 from service.sandbox.tls import CertificateAuthority
 from service.web.server import AppServer, LoopThread

@@ -1,0 +1,39 @@
+"""What every STARFACE sandbox endpoint shares: the PBX, the callback dispatcher, the faults."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+from service.sandbox.starface_callbacks import Dispatcher
+from service.sandbox.starface_model import (
+    Pbx,
+)
+
+
+@dataclass
+class Faults:
+    down: str = "none"
+    slow_seconds: float = 0.0
+    errors: int = 0
+
+    def view(self) -> dict[str, Any]:
+        return {"down": self.down, "slowSeconds": self.slow_seconds, "errors": self.errors}
+
+
+@dataclass
+class Context:
+    pbx: Pbx
+    dispatcher: Dispatcher
+    control_token: str = field(repr=False)
+    faults: Faults = field(default_factory=Faults)
+    # Set by the server: closes or reopens the PBX listener for the "refuse" fault.
+    set_listening: Callable[[bool], Awaitable[None]] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -27,7 +28,7 @@ from service.bridge.mapping import Mapping, load_mapping
 from service.bridge.reconciler import Reconciler
 from service.bridge.streams import StreamConsumer
 from service.bridge.worker import PresenceWorker
-from service.core import keys
+from service.core import heartbeat, keys
 from service.core.clock import Clock, SystemClock
 from service.core.settings import Settings
 from service.core.storage import connect_worker
@@ -67,6 +68,7 @@ class Runtime:
     role: str = "all"
     web: WebOptions = field(default_factory=WebOptions)
     mapping: Mapping | None = None
+    heartbeat_dir: Path = heartbeat.DEFAULT_DIR
     # Tests run the bridge on a sandbox's faster clock; production uses the wall clock.
     clock: Clock = field(default_factory=SystemClock)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -79,6 +81,8 @@ class Runtime:
         self._tasks.append(asyncio.create_task(work, name=name))
 
     async def start(self) -> None:
+        roles = heartbeat.ROLES if self.role == "all" else (self.role,)
+        self._spawn("heartbeat", heartbeat.run(self.heartbeat_dir, roles, self.stop))
         if self.role in ("all", "web"):
             self._start_web()
         if self.role in ("all", "worker", "scheduler"):

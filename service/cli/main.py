@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, TypeAlias
 from service.cli.arguments import add_login_arguments, add_renew_arguments
 from service.cli.policy import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PREFIX, CommandFailed, UsageError, say
 from service.cli.store import valkey_dir, with_redis
+from service.core import heartbeat
 from service.core.embedded import EmbeddedValkey, EmbeddedValkeyError, redis_url_for
 from service.core.settings import CORE, GRAPH_APP, ROLES, Settings, SettingsError, required_groups
 
@@ -74,6 +75,12 @@ def _add_serve(sub: Subparsers) -> None:
         "--tls-cert", type=Path, help="serve HTTPS with this certificate (PEM); else plain HTTP"
     )
     parser.add_argument("--tls-key", type=Path, help="private key (PEM) for --tls-cert")
+    parser.add_argument(
+        "--heartbeat-dir",
+        type=Path,
+        default=heartbeat.DEFAULT_DIR,
+        help=f"where the event loop writes its heartbeat for `health` (default: {heartbeat.DEFAULT_DIR})",
+    )
     parser.set_defaults(handler=_run_serve)
 
 
@@ -143,6 +150,7 @@ async def _serve(settings: Settings, redis_url: str, args: argparse.Namespace) -
         redis_url,
         role=args.role,
         web=WebOptions(args.host, args.port, _str(args.tls_cert), _str(args.tls_key)),
+        heartbeat_dir=args.heartbeat_dir,
     )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -297,6 +305,52 @@ def _run_subscriptions(args: argparse.Namespace) -> int:
         return asyncio.run(
             serve_scheduler(settings, url, emails_from_file(args.emails_file), args.pass_seconds)
         )
+
+
+# -- health, status and explain
+
+
+def _add_health(sub: Subparsers) -> None:
+    parser = sub.add_parser(
+        "health",
+        help="liveness probe of one role of a local serve process (for exec probes)",
+        description=(
+            "Exit 0 when the serve process of this host or container wrote its event-loop heartbeat for "
+            "ROLE recently, 1 when it is missing or older than --max-age (the loop is stuck or the "
+            "process is gone). Reads a file only: no Redis, no network, no settings."
+        ),
+    )
+    parser.add_argument("--role", choices=heartbeat.ROLES, required=True, help="the role to check")
+    parser.add_argument(
+        "--heartbeat-dir",
+        type=Path,
+        default=heartbeat.DEFAULT_DIR,
+        help=f"the serve process's --heartbeat-dir (default: {heartbeat.DEFAULT_DIR})",
+    )
+    parser.add_argument(
+        "--max-age",
+        type=float,
+        default=heartbeat.MAX_AGE_SECONDS,
+        help=f"seconds after which a heartbeat counts as stale (default: {heartbeat.MAX_AGE_SECONDS:.0f})",
+    )
+    parser.set_defaults(handler=_run_health)
+
+
+def _run_health(args: argparse.Namespace) -> int:
+    import time
+
+    reading = heartbeat.read(args.heartbeat_dir, args.role)
+    age = reading.age(time.time())
+    if age is None:
+        raise CommandFailed(
+            f"{args.role}: no heartbeat in {args.heartbeat_dir}: serve --role {args.role} is not running here"
+        )
+    if age > args.max_age:
+        raise CommandFailed(
+            f"{args.role}: last heartbeat {age:.0f} s ago (pid {reading.pid}): its event loop is stuck"
+        )
+    print(f"{args.role}: alive, heartbeat {age:.1f} s ago (pid {reading.pid})")
+    return EXIT_OK
 
 
 # -- status and explain ------------------------------------------------------------------------
@@ -487,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_login(sub)
     _add_renew(sub)
     _add_subscriptions(sub)
+    _add_health(sub)
     _add_status(sub)
     _add_explain(sub)
     _add_dead_letters(sub)

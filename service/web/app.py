@@ -41,6 +41,11 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+async def livez(request: Request) -> Response:
+    # Answered by a coroutine on the serving loop: a stuck loop cannot answer it.
+    return JSONResponse({"status": "ok"})
+
+
 async def readyz(request: Request) -> Response:
     problems = []
     try:
@@ -93,6 +98,7 @@ def create_app(
     routes: list[BaseRoute] = [
         *webhook.routes(),
         Route("/healthz", healthz),
+        Route("/livez", livez),
         Route("/readyz", readyz),
         *(extra_routes or []),
     ]

@@ -30,49 +30,14 @@ from service.core.settings import CORE, FIELDS, required_groups
 from service.core.tls import client_context
 from service.starface.directory import DirectoryStore, Selection
 from service.starface.rest import StarfaceUser
-from tests.cli.processes import CliProcess, clean_env, describe, run_cli, run_jobs, run_many
-from tests.conftest import CLIENT_ID, SECRET_KEY, TENANT_ID
+from tests.cli.processes import CliProcess, describe, run_cli, run_jobs, run_many
+from tests.conftest import SECRET_KEY
 
 PASSWORD_1 = "Zebra-Passw0rd-41"
 PASSWORD_2 = "Otter;Pass,word-42"
 STDIN_PASSWORD = "Stdin-Passw0rd-43"
 PASSWORDS = (PASSWORD_1, PASSWORD_2, STDIN_PASSWORD)
 GOOD_CSV = f'login,password\n0001,{PASSWORD_1}\n0002,"{PASSWORD_2}"\n'
-
-
-# -- environment ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    return tmp_path / "data"
-
-
-@pytest.fixture
-def bare_env(data_dir: Path) -> dict[str, str]:
-    """No bridge setting but DATA_DIR (inside tmp_path, never the developer's ./data)."""
-    return clean_env(DATA_DIR=data_dir)
-
-
-@pytest.fixture
-def core_env(bare_env: dict[str, str]) -> dict[str, str]:
-    """The settings the web role needs; identity endpoints point at a closed local port (offline)."""
-    offline = f"https://127.0.0.1:{free_port()}"
-    return {
-        **bare_env,
-        "PUBLIC_BASE_URL": "https://bridge.test",
-        "BRIDGE_SECRET_KEY": SECRET_KEY,
-        "AZURE_TENANT_ID": TENANT_ID,
-        "AZURE_CLIENT_ID": CLIENT_ID,
-        "AUTHORITY_BASE_URL": offline,
-        "OPENID_METADATA_URL": f"{offline}/common/v2.0/.well-known/openid-configuration",
-        "GRAPH_BASE_URL": offline,
-    }
-
-
-@pytest.fixture
-def redis_env(core_env: dict[str, str], redis_url: str) -> dict[str, str]:
-    return {**core_env, "REDIS_URL": redis_url}
 
 
 def assert_no_traceback(*texts: str) -> None:
@@ -133,6 +98,7 @@ TOP_LEVEL = (
     "login",
     "renew",
     "subscriptions",
+    "health",
     "status",
     "explain",
     "dead-letters",

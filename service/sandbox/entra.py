@@ -686,7 +686,7 @@ class EntraTenant:
         )
 
     def validation_token(self, app_id: str, version: str = "v2") -> str:
-        """A change-notification ``validationTokens`` entry for one app in this tenant (§5)."""
+        """A change-notification ``validationTokens`` entry for one app in this tenant (validation tokens: https://learn.microsoft.com/en-us/graph/change-notifications-with-resource-data)."""
         now = int(self.clock.now())
         claims: dict[str, Any] = {
             "aud": app_id,

@@ -1,8 +1,8 @@
 """Graph sandbox: Entra ID plus Microsoft Graph presence and change notifications, over TLS.
 
-A faithful stand-in for what the bridge talks to (reference/graph.md): MSAL gets tokens from it
-unmodified; ``/v1.0`` serves users, presence and subscriptions with Graph's rules and error shapes;
-changes of a user's aggregated presence go out as encrypted rich notifications (with
+A faithful stand-in for what the bridge talks to (https://learn.microsoft.com/en-us/graph/): MSAL
+gets tokens from it unmodified; ``/v1.0`` serves users, presence and subscriptions with Graph's rules
+and error shapes; changes of a user's aggregated presence go out as encrypted rich notifications (with
 ``validationTokens`` signed by a key in the sandbox JWKS), retried with backoff; lifecycle events
 warn before expiry and after revocation.  ``/_sandbox`` is the control API (docs/sandbox-graph.md).
 
@@ -368,7 +368,10 @@ class GraphSandbox:
                 self._send_lifecycle(item, "reauthorizationRequired")
 
     async def _validate_endpoint(self, url: str) -> None:
-        """§2: POST ?validationToken=…; 200, text/plain, body = the decoded token, within the timeout."""
+        """Endpoint validation: POST ?validationToken=…; 200, text/plain, body = the decoded token, in time.
+
+        See https://learn.microsoft.com/en-us/graph/change-notifications-delivery-webhooks.
+        """
         token = VALIDATION_TOKEN_PREFIX + str(uuid.uuid4())
         query = urllib.parse.urlencode({"validationToken": token}, quote_via=urllib.parse.quote)
         target = f"{url}{'&' if '?' in url else '?'}{query}"
@@ -680,7 +683,7 @@ class GraphSandbox:
     # subscriptions
 
     def _require_subscription_auth(self, ctx: AccessContext, operation: str) -> str:
-        """§1.2: presence subscriptions are delegated-only, with Presence.Read.All, still consented."""
+        """Presence subscriptions are delegated-only, with Presence.Read.All, still consented."""
         if ctx.app_only or ctx.user_id is None:
             raise GraphError(
                 403,
@@ -879,7 +882,7 @@ class GraphSandbox:
             item.encryption_certificate_id = certificate_id
         item.expires_at = expires_at
         item.notification_url = notification_url
-        # §1.6: renewing also reauthorizes.
+        # Lifecycle events (change-notifications-lifecycle-events): renewing also reauthorizes.
         item.authorized_until = ctx.expires_at
         item.revoked = False
         item.last_patch_at = now
@@ -901,7 +904,7 @@ class GraphSandbox:
 
     @staticmethod
     def _check_gap(other: float | None, now: float, operation: str) -> None:
-        # §1.6: reauthorize and PATCH of one subscription must be 10 minutes apart.
+        # Lifecycle events: reauthorize and PATCH of one subscription must be 10 minutes apart.
         if other is not None and now - other < REAUTHORIZE_PATCH_GAP:
             wait = math.ceil(REAUTHORIZE_PATCH_GAP - (now - other))
             counterpart = "updated" if operation == "reauthorize" else "reauthorized"

@@ -1,7 +1,9 @@
 """The Graph sandbox's model: presence sessions and their aggregation, subscriptions, rate limits.
 
-Pure state on the controllable clock, no HTTP: the rules of reference/graph.md §1 (subscription
-creation and renewal), §7 (presence resource) and §8 (sessions, aggregation, timeouts, expiry)
+Pure state on the controllable clock, no HTTP: the rules of Graph subscriptions
+(https://learn.microsoft.com/en-us/graph/api/resources/subscription), the presence resource
+(https://learn.microsoft.com/en-us/graph/api/resources/presence) and presence sessions with
+their aggregation, timeouts and expiry (https://learn.microsoft.com/en-us/graph/api/presence-setpresence)
 live here so they can be read in one place.  ``graph.py`` puts them on the wire.
 """
 
@@ -54,7 +56,7 @@ PREFERRED_COMBINATIONS = _pairs(
     ("Away", "Away"),
     ("Offline", "OffWork"),
 )
-# §8.3: an Available session times out to idle after 5 minutes and to Away after 5 more.
+# setPresence: an Available session times out to idle after 5 minutes and to Away after 5 more.
 IDLE_AFTER = 5 * 60
 AWAY_AFTER = 10 * 60
 IDLE_STATE = ("AvailableIdle", "Inactive")
@@ -63,8 +65,8 @@ OFFLINE_STATE = ("Offline", "Offline")
 SESSION_MIN = 5 * 60
 SESSION_MAX = 4 * 3600
 SESSION_DEFAULT = 5 * 60
-# §8.2: DoNotDisturb > Busy > Available > Away among sessions; the idle variants sit just below
-# their active state, BeRightBack between Available and Away.
+# setPresence, aggregation: DoNotDisturb > Busy > Available > Away among sessions; the idle variants
+# sit just below their active state, BeRightBack between Available and Away.
 _RANK = {
     "DoNotDisturb": 90,
     "Busy": 80,
@@ -295,7 +297,7 @@ class PresenceBook:
             if current is not None:
                 live.append((session, current))
         if not live:
-            # §8.4: preferred presence only applies while at least one session exists.
+            # setUserPreferredPresence: preferred presence only applies while at least one session exists.
             availability, activity = OFFLINE_STATE
         elif state.preferred is not None and state.preferred.expires_at > now:
             availability, activity = state.preferred.availability, state.preferred.activity
@@ -410,7 +412,8 @@ class Subscription:
     certificate: x509.Certificate | None
     latest_tls: str
     notification_url_app_id: str | None
-    # The access token bound to the subscription: deliveries stop once it has expired (§3.4).
+    # The access token bound to the subscription: deliveries stop once it has expired
+    # (lifecycle events: https://learn.microsoft.com/en-us/graph/change-notifications-lifecycle-events).
     authorized_until: float
     revoked: bool = False
     deleted: bool = False
@@ -462,7 +465,7 @@ class Subscription:
 
 
 def parse_presence_resource(resource: Any) -> frozenset[str]:
-    """User ids named by a presence subscription resource (§1.1), at most 650 distinct."""
+    """User ids named by a presence subscription resource, at most 650 distinct."""
     if not isinstance(resource, str) or not resource.strip():
         raise bad_request("resource is a required property for subscription creation.", "InvalidRequest")
     text = resource.strip().lstrip("/")
@@ -499,7 +502,8 @@ def parse_presence_resource(resource: Any) -> frozenset[str]:
 
 
 def parse_certificate(value: Any) -> x509.Certificate:
-    """``encryptionCertificate``: base64 DER, or PEM with or without its armour (§1.4)."""
+    """``encryptionCertificate``: base64 DER, or PEM with or without its armour
+    (https://learn.microsoft.com/en-us/graph/change-notifications-with-resource-data)."""
     if not isinstance(value, str) or not value.strip():
         raise bad_request("encryptionCertificate is required when includeResourceData is true.")
     text = re.sub(r"-----(BEGIN|END) CERTIFICATE-----", "", value)
@@ -524,7 +528,7 @@ def https_url(value: Any, name: str) -> str:
 
 
 def expiration(value: Any, now: float) -> float:
-    """§1.3: at most 60 minutes ahead; anything under 45 minutes becomes now + 45 minutes."""
+    """Presence subscription expiry: at most 60 minutes ahead; under 45 minutes becomes now + 45."""
     if value is None:
         raise bad_request(
             "expirationDateTime is a required property for subscription creation.", "InvalidRequest"
@@ -559,7 +563,7 @@ class SubscriptionBook:
         return [s for s in self._items.values() if s.delivering(now) and user_id in s.user_ids]
 
     def conflict(self, app_id: str, creator_id: str) -> Subscription | None:
-        """§1.1: one presence subscription per application per delegated user."""
+        """Graph subscriptions: one presence subscription per application per delegated user."""
         now = self.clock.now()
         for item in self._items.values():
             if item.active(now) and item.app_id == app_id and item.creator_id == creator_id:
@@ -591,7 +595,7 @@ class SubscriptionBook:
 
 
 class RateLimiter:
-    """Sliding-window request limit per key (§8.5: app + tenant), on the sandbox clock."""
+    """Sliding-window request limit per key (Graph presence throttling: app + tenant) on the sandbox clock."""
 
     def __init__(self, clock: Clock, limit: int, window: float) -> None:
         self.clock = clock

@@ -5,7 +5,8 @@ calls and the dispatcher (``starface_callbacks``) posts the call events this mod
 Everything runs on the sandbox's event loop, so no locks are needed; time comes from the shared
 controllable ``Clock`` so tests jump over the 4 h REST token lifetime or a 60 s UCI idle timeout.
 
-Facts follow ``shared/reference/starface.md`` and ``docs/starface-wire.md``; the choices made where
+Facts follow the STARFACE REST and UCI documentation (https://knowledge.starface.de) and
+``docs/starface-wire.md``; the choices made where
 the reference is silent or marked [INF] are listed in ``docs/sandbox-starface.md``.
 """
 
@@ -418,7 +419,7 @@ class Pbx:
         found = sorted(self._groups.values(), key=lambda g: g.id)
         return [g for g in found if needle in g.name.lower()] if needle else found
 
-    # -- REST legacy login (reference §1.2) ---------------------------------------------------
+    # -- REST legacy login (docs/starface-wire.md, REST) ---------------------------------------------------
 
     def issue_nonce(self) -> str:
         now = self.clock.now()
@@ -464,7 +465,7 @@ class Pbx:
             raise AuthenticationFailed("unknown token")
         return user
 
-    # -- STARFACE 10 OAuth (reference §1.3) ----------------------------------------------------
+    # -- STARFACE 10 OAuth (docs/starface-wire.md, REST) ----------------------------------------------------
 
     def _check_client(self, client_id: str, client_secret: str) -> None:
         if client_id != sp.OAUTH_CLIENT_ID or not _same(client_secret, self.oauth_client_secret):
@@ -553,7 +554,7 @@ class Pbx:
             raise AuthenticationFailed("invalid or expired access token")
         return user
 
-    # -- UCI (reference §2) --------------------------------------------------------------------
+    # -- UCI (docs/starface-wire.md, UCI) -------------------------------------------------------------------
 
     def user_for_uci(self, auth: str | None, jwt_token: str | None) -> User:
         if jwt_token:
@@ -701,7 +702,7 @@ class Pbx:
         self._calls[call.id] = call
         events: list[CallEvent] = []
         if sparse_first:
-            # "first call state events [may not] provide any details" (UCI javadoc, reference §2.4)
+            # "first call state events [may not] provide any details" (UCI javadoc)
             events += self._events(call, full=False, state="" if empty_first_state else state)
         events += self._events(call, full=True, state=state)
         return call, events

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import datetime as dt
+import re
 from typing import Any
 from xml.parsers import expat
 from xml.sax.saxutils import escape
@@ -99,10 +101,44 @@ class _Node:
         self.text: list[str] = []
 
 
+_DECLARED_ENCODING = re.compile(rb"^<\?xml[^>]*?encoding\s*=\s*[\"']([^\"']*)[\"']")
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def _utf8(body: bytes) -> bytes:
+    """The body as UTF-8: a UTF-16/32 body must carry its BOM; any other declared encoding is refused.
+
+    expat looks an unknown declared encoding up in Python's codecs (UTF-7 among them) and raises
+    outside its own error type, so the declaration is judged here, before expat sees the bytes.
+    """
+    for bom, codec in _BOMS:
+        if body.startswith(bom):
+            try:
+                text = body.decode(codec)
+            except UnicodeDecodeError:
+                raise XmlRpcError("encoding", f"not valid {codec}") from None
+            declared = re.match(r"^<\?xml[^>]*?encoding\s*=\s*[\"']([^\"']*)[\"']", text)
+            if declared and declared.group(1).lower().replace("_", "-") not in (codec[:6], "utf-8"):
+                raise XmlRpcError("encoding", f"declared {declared.group(1)!r} in a {codec} body")
+            # expat gets UTF-8 with the declaration dropped, so it cannot contradict the bytes.
+            return re.sub(r"^<\?xml[^>]*\?>", "", text).encode("utf-8", "surrogatepass")
+    declared_bytes = _DECLARED_ENCODING.match(body)
+    if declared_bytes and declared_bytes.group(1).lower() not in (b"utf-8", b"utf8"):
+        raise XmlRpcError("encoding", "only UTF-8, or UTF-16/32 with a byte-order mark, is accepted")
+    return body
+
+
 def _tree(body: bytes, max_bytes: int) -> _Node:
     if len(body) > max_bytes:
         raise XmlRpcError("too_large", f"{len(body)} bytes, limit {max_bytes}")
-    parser = expat.ParserCreate()
+    body = _utf8(body)
+    parser = expat.ParserCreate("UTF-8")
     root = _Node("#document")
     stack = [root]
 
@@ -118,7 +154,8 @@ def _tree(body: bytes, max_bytes: int) -> _Node:
     def start(tag: str, _attrs: dict[str, str]) -> None:
         if len(stack) > _MAX_DEPTH:
             raise XmlRpcError("too_deep")
-        node = _Node(tag)
+        # Apache XML-RPC prefixes its extension types (``ex:i8``); the prefix carries no meaning here.
+        node = _Node(tag.rpartition(":")[2])
         stack[-1].children.append(node)
         stack.append(node)
 
@@ -139,6 +176,8 @@ def _tree(body: bytes, max_bytes: int) -> _Node:
         parser.Parse(body, True)
     except expat.ExpatError as exc:
         raise XmlRpcError("malformed", str(exc)) from None
+    except (LookupError, UnicodeError, ValueError) as exc:
+        raise XmlRpcError("encoding", type(exc).__name__) from None
     if len(root.children) != 1:
         raise XmlRpcError("malformed", "expected one root element")
     return root.children[0]
@@ -164,20 +203,20 @@ def _decode(value_node: _Node) -> Any:
         match typed.tag:
             case "string":
                 return "".join(typed.text)
-            case "int" | "i4" | "i8":
+            case "int" | "i4" | "i8" | "i1" | "i2" | "biginteger":
                 return int(raw)
             case "boolean":
                 if raw not in ("0", "1"):
                     raise XmlRpcError("malformed", f"boolean {raw!r}")
                 return raw == "1"
-            case "double":
+            case "double" | "float" | "bigdecimal":
                 return float(raw)
             case "nil":
                 return None
             case "base64":
                 return base64.b64decode(raw, validate=True)
-            case "dateTime.iso8601":
-                return dt.datetime.strptime(raw, "%Y%m%dT%H:%M:%S")
+            case "dateTime.iso8601" | "dateTime":
+                return _datetime(raw)
             case "struct":
                 result: dict[str, Any] = {}
                 for member in typed.children:
@@ -190,6 +229,19 @@ def _decode(value_node: _Node) -> Any:
     except (ValueError, binascii.Error) as exc:
         raise XmlRpcError("malformed", f"bad <{typed.tag}>: {exc}") from None
     raise XmlRpcError("malformed", f"unknown type <{typed.tag}>")
+
+
+def _datetime(raw: str) -> dt.datetime:
+    """``19980717T14:08:55`` of the spec, or ISO 8601 with dashes, fractions and a zone (``ex:dateTime``)."""
+    try:
+        return dt.datetime.strptime(raw, "%Y%m%dT%H:%M:%S")
+    except ValueError:
+        pass
+    text = raw[:-1] + "+00:00" if raw.endswith("Z") else raw
+    basic = re.fullmatch(r"(\d{4})(\d{2})(\d{2})(T.*)", text)
+    if basic:
+        text = f"{basic[1]}-{basic[2]}-{basic[3]}{basic[4]}"
+    return dt.datetime.fromisoformat(text)
 
 
 def _params(node: _Node) -> list[Any]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
@@ -35,7 +35,6 @@ XML = "text/xml; charset=utf-8"
 
 # Interoperability fault codes of the XML-RPC spec extensions.
 FAULT_PARSE = -32700
-FAULT_INVALID_PARAMS = -32602
 
 # v30/v22: ucp.vNN.events.call.receiveCallState; v20: ucp.v20.client.communication.call.…
 _CALL_STATE = re.compile(r"ucp\.v\d+\.(events|client\.communication)\.call\.receiveCallState")
@@ -55,6 +54,19 @@ async def _bounded_body(request: Request, limit: int) -> bytes | None:
         return None
 
 
+_UNUSABLE_SEEN: set[tuple[str, tuple[str, ...]]] = set()
+_UNUSABLE_SEEN_MAX = 256
+
+
+def _log_unusable_once(method: str, struct: Any, problem: str) -> None:
+    """One log line per (method, keys) shape, so a PBX sending a new shape is noticed but never floods."""
+    shape = tuple(sorted(str(k)[:64] for k in struct)[:32]) if isinstance(struct, dict) else ()
+    if (method, shape) in _UNUSABLE_SEEN or len(_UNUSABLE_SEEN) >= _UNUSABLE_SEEN_MAX:
+        return
+    _UNUSABLE_SEEN.add((method, shape))
+    log.warning("unusable STARFACE call event %s with keys %s: %s", method, list(shape), problem)
+
+
 def _xml(body: bytes, status: int = 200) -> Response:
     return Response(body, status_code=status, media_type=XML)
 
@@ -64,6 +76,18 @@ def _fault(code: int, reason: str) -> Response:
 
 
 async def receive(request: Request) -> Response:
+    """Never raises: a body this code did not foresee is counted and refused, never a 5xx."""
+    try:
+        return await _receive(request)
+    except ClientDisconnect:
+        return Response(status_code=400)
+    except Exception:
+        await _count(request.app.state.redis, "internal_error")
+        log.warning("STARFACE callback refused after an unexpected error", exc_info=True)
+        return _fault(FAULT_PARSE, "malformed")
+
+
+async def _receive(request: Request) -> Response:
     redis: aioredis.Redis = request.app.state.redis
     settings: Settings = request.app.state.settings
     token = str(request.path_params.get("token", ""))
@@ -90,12 +114,15 @@ async def receive(request: Request) -> Response:
         # Other event services (callChangesIdEvent, MWI, conference) are acknowledged so the PBX
         # keeps the session healthy, and not queued: the reconciler only needs call states.
         return _xml(xmlrpc.dumps_response(True))
+    struct = params[0] if params else None
     try:
-        event = CallEvent.from_call_state(login, params[0] if params else None, received_at=time.time())
+        event = CallEvent.from_call_state(login, struct, received_at=time.time())
     except CallFormatError as exc:
+        # Well-formed XML-RPC the bridge cannot use: acknowledged, so the PBX keeps the session,
+        # and counted; the first of each shape is logged so a new PBX dialect is seen.
         await _count(redis, "bad_call_state")
-        log.info("refused STARFACE call state for login %s: %s", login, exc)
-        return _fault(FAULT_INVALID_PARAMS, "bad_call_state")
+        _log_unusable_once(method, struct, str(exc))
+        return _xml(xmlrpc.dumps_response(True))
     try:
         await append_call(redis, event, settings.presence_stream_maxlen)
     except (RedisError, OSError):

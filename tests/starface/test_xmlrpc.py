@@ -114,3 +114,64 @@ json_like = st.recursive(
 @given(st.lists(json_like, max_size=4))
 def test_round_trip_property(params: list[Any]) -> None:
     assert parse_call(dumps_call("m", params), max_bytes=10**7) == ("m", params)
+
+
+_EX = 'xmlns:ex="http://ws.apache.org/xmlrpc/namespaces/extensions"'
+
+
+def _answer(value_xml: str) -> bytes:
+    return (
+        f'<?xml version="1.0"?><methodResponse {_EX}><params><param>'
+        f"<value>{value_xml}</value></param></params></methodResponse>"
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("value_xml", "expected"),
+    [
+        ("<ex:i8>99999999999999999999999</ex:i8>", 99999999999999999999999),
+        ("<i8>1763800000123</i8>", 1763800000123),
+        ("<ex:i1>7</ex:i1>", 7),
+        ("<ex:i2>-300</ex:i2>", -300),
+        ("<ex:nil/>", None),
+        ("<nil/>", None),
+        ("<ex:float>1.5</ex:float>", 1.5),
+        ("untyped text", "untyped text"),
+        ("", ""),
+        ("<string/>", ""),
+        (
+            "<ex:dateTime>2026-01-02T03:04:05.123+01:00</ex:dateTime>",
+            dt.datetime(2026, 1, 2, 2, 4, 5, 123000, tzinfo=dt.UTC),
+        ),
+        (
+            "<dateTime.iso8601>20260102T03:04:05Z</dateTime.iso8601>",
+            dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+        ),
+        ("<dateTime.iso8601>20260102T03:04:05</dateTime.iso8601>", dt.datetime(2026, 1, 2, 3, 4, 5)),
+    ],
+)
+def test_java_xmlrpc_extension_and_untyped_values_are_read(value_xml: str, expected: Any) -> None:
+    assert parse_response(_answer(value_xml)) == expected
+
+
+def test_utf16_and_utf32_bodies_with_a_bom_are_read() -> None:
+    text = '<?xml version="1.0" encoding="UTF-16"?><methodCall><methodName>a.b</methodName></methodCall>'
+    assert parse_call(text.encode("utf-16")) == ("a.b", [])
+    assert parse_call(text.replace("UTF-16", "UTF-32").encode("utf-32")) == ("a.b", [])
+
+
+@pytest.mark.parametrize("encoding", ["UTF-7", "x-no-such-codec", "ISO-8859-1", "utf-16"])
+def test_declared_encodings_other_than_utf8_are_refused(encoding: str) -> None:
+    body = f'<?xml version="1.0" encoding="{encoding}"?><methodCall><methodName>a</methodName></methodCall>'
+    with pytest.raises(XmlRpcError) as refused:
+        parse_call(body.encode())
+    assert refused.value.reason == "encoding"
+
+
+def test_a_namespaced_dtd_is_still_refused() -> None:
+    body = (
+        b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">]>'
+        b"<methodCall><methodName>&lol;</methodName></methodCall>"
+    )
+    with pytest.raises(XmlRpcError):
+        parse_call(body)

@@ -175,10 +175,63 @@ GARBAGE = {
     "empty": b"",
     "truncated": call_state("c", "RINGING")[:-30],
     "wrong root": b"<methodResponse><params/></methodResponse>",
+    "utf-7": b'<?xml version="1.0" encoding="UTF-7"?><methodCall><methodName>x</methodName></methodCall>',
+    "unknown encoding": b'<?xml version="1.0" encoding="x-nope"?>'
+    b"<methodCall><methodName>x</methodName></methodCall>",
+}
+
+UNUSABLE = {
     "no struct": xmlrpc.dumps_call("ucp.v30.events.call.receiveCallState", ["RINGING"]),
     "no params": xmlrpc.dumps_call("ucp.v30.events.call.receiveCallState", []),
     "struct without id": xmlrpc.dumps_call("ucp.v30.events.call.receiveCallState", [{"state": "RINGING"}]),
 }
+
+
+@pytest.mark.parametrize("body", UNUSABLE.values(), ids=list(UNUSABLE))
+async def test_a_call_event_the_bridge_cannot_use_is_acknowledged_counted_and_not_queued(
+    base: str, http: aiohttp.ClientSession, registered: str, redis_client: aioredis.Redis, body: bytes
+) -> None:
+    status, answer = await post(http, endpoint(base), body)
+    assert status == 200
+    assert xmlrpc.parse_response(answer) is True
+    assert await redis_client.xlen(keys.CALL_STREAM) == 0
+    assert await redis_client.hget(keys.UCI_CALLBACK_REFUSED, "bad_call_state") == b"1"
+
+
+@pytest.mark.parametrize("timestamp", [10**30, "9" * 5000, "", None, 1.5e308])
+async def test_a_huge_or_missing_timestamp_queues_the_event_without_a_time(
+    base: str, http: aiohttp.ClientSession, registered: str, redis_client: aioredis.Redis, timestamp: Any
+) -> None:
+    struct: dict[str, Any] = {"id": "c1", "state": "RINGING"}
+    if timestamp is not None:
+        struct["timestamp"] = timestamp
+    status, _ = await post(
+        http, endpoint(base), xmlrpc.dumps_call("ucp.v30.events.call.receiveCallState", [struct])
+    )
+    assert status == 200
+    events = await stream(redis_client)
+    assert [(e.call_id, e.state, e.time) for e in events] == [("c1", "RINGING", None)]
+
+
+async def test_java_extension_types_in_a_call_event_are_read(
+    base: str, http: aiohttp.ClientSession, registered: str, redis_client: aioredis.Redis
+) -> None:
+    body = (
+        b'<?xml version="1.0" encoding="UTF-8"?>'
+        b'<methodCall xmlns:ex="http://ws.apache.org/xmlrpc/namespaces/extensions">'
+        b"<methodName>ucp.v30.events.call.receiveCallState</methodName><params><param><value><struct>"
+        b"<member><name>id</name><value>c2</value></member>"
+        b"<member><name>state</name><value><string>CONNECTED</string></value></member>"
+        b"<member><name>timestamp</name><value><ex:i8>1763800000123</ex:i8></value></member>"
+        b"<member><name>callerName</name><value><ex:nil/></value></member>"
+        b"<member><name>groupID</name><value><nil/></value></member>"
+        b"</struct></value></param></params></methodCall>"
+    )
+    status, _ = await post(http, endpoint(base), body)
+    assert status == 200
+    (event,) = await stream(redis_client)
+    assert (event.call_id, event.state, event.caller_name) == ("c2", "CONNECTED", "")
+    assert event.time == pytest.approx(1763800000.123)
 
 
 @pytest.mark.parametrize("body", GARBAGE.values(), ids=list(GARBAGE))

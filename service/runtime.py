@@ -48,8 +48,6 @@ from subscriptions.users import Resolution
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS = 10.0
-
 
 @dataclass
 class WebOptions:
@@ -161,7 +159,7 @@ class Runtime:
             with contextlib.suppress(aioredis.RedisError, OSError):
                 await redis.zadd(keys.LIVE_WORKERS, {name: time.time()})
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), timeout=HEARTBEAT_SECONDS)
+                await asyncio.wait_for(self.stop.wait(), timeout=heartbeat.WORKER_PERIOD_SECONDS)
 
     async def _last_one_out(self, redis: aioredis.Redis, name: str, sessions: SessionManager) -> None:
         """The UCI sessions are shared by all workers: only the last one to stop logs them out.
@@ -169,7 +167,7 @@ class Runtime:
         A rolling restart never finds itself last, so users keep their sessions through it.
         """
         await redis.zrem(keys.LIVE_WORKERS, name)
-        others = await redis.zcount(keys.LIVE_WORKERS, time.time() - 3 * HEARTBEAT_SECONDS, "+inf")
+        others = await redis.zcount(keys.LIVE_WORKERS, time.time() - heartbeat.WORKER_ALIVE_SECONDS, "+inf")
         if others:
             return
         try:

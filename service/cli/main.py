@@ -373,6 +373,12 @@ def _run_status(args: argparse.Namespace) -> int:
     from service.ops import status
 
     settings = _settings([])
+    if settings.redis_url is None and not valkey_dir(settings).is_dir():
+        # Starting an empty embedded Valkey here would report a bridge that does not exist.
+        raise CommandFailed(
+            f"no bridge here: REDIS_URL is not set and DATA_DIR ({settings.data_dir}) holds no embedded "
+            "Valkey; set REDIS_URL, or run status where `presence-bridge serve` keeps its data"
+        )
 
     async def job(redis: aioredis.Redis) -> int:
         report = await status.collect(redis, settings)

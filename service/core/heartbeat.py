@@ -22,6 +22,9 @@ PERIOD_SECONDS = 5.0
 # slow moment (a large batch, a garbage collection) is not a restart.
 MAX_AGE_SECONDS = 30.0
 ROLES = ("web", "worker", "scheduler")
+# Workers also beat in Redis (keys.LIVE_WORKERS), so that any process can tell how many are alive.
+WORKER_PERIOD_SECONDS = 10.0
+WORKER_ALIVE_SECONDS = 3 * WORKER_PERIOD_SECONDS
 
 
 def path_for(directory: Path, role: str) -> Path:

@@ -15,7 +15,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from service.core import keys
+from service.core import heartbeat, keys
 from service.core.settings import Settings
 from service.core.storage import decoded
 from service.starface.directory import DirectoryStore
@@ -81,9 +81,57 @@ async def collect(redis: aioredis.Redis, settings: Settings, *, now: float | Non
         "up": sum(1 for s in known if s.error is None),
         "down": [s.describe() for s in known if s.error is not None],
     }
-    report["directory"] = (await DirectoryStore(redis).status()).describe()
+    directory = await DirectoryStore(redis).status()
+    report["directory"] = directory.describe()
     report["failing_users"] = await _failing_users(redis)
+    report["workers_alive"] = int(
+        await redis.zcount(keys.LIVE_WORKERS, now - heartbeat.WORKER_ALIVE_SECONDS, "+inf")
+    )
+    report["scheduler_lease"] = decoded(await redis.get(keys.SCHEDULER_LEASE) or b"") or None
+    report["problems"] = _problems(report, settings, directory.refreshed_at, now)
     return report
+
+
+def _problems(
+    report: dict[str, Any], settings: Settings, directory_refreshed_at: float | None, now: float
+) -> list[str]:
+    """Every reason the bridge is not doing its job, each in words an operator can act on."""
+    problems: list[str] = []
+    if not report["workers_alive"]:
+        problems.append("no worker is alive: start `presence-bridge serve --role worker` (or --role all)")
+    if not report["scheduler_lease"]:
+        problems.append("no scheduler holds the lease: start `presence-bridge serve --role scheduler`")
+    subs = report["subscriptions"]
+    scheduler = subs.get("scheduler", {})
+    # Late by more than two periods and a lease hand-over: a pass was missed, not merely slow.
+    pass_deadline = 2 * settings.scheduler_pass_seconds + settings.scheduler_lease_seconds
+    last_pass = scheduler.get("last_pass_at")
+    if last_pass in (None, ""):
+        problems.append("the scheduler never completed a pass")
+    elif now - float(last_pass) > pass_deadline:
+        problems.append(f"the last scheduler pass is {(now - float(last_pass)) / 60:.0f} min old")
+    refresh_deadline = 2 * settings.starface_directory_refresh_seconds + 60
+    if directory_refreshed_at is None:
+        problems.append("the STARFACE directory was never read")
+    elif now - directory_refreshed_at > refresh_deadline:
+        problems.append(
+            f"the STARFACE directory was last read {(now - directory_refreshed_at) / 60:.0f} min ago"
+        )
+    accounts = subs["accounts"]
+    if not accounts:
+        problems.append("no service account can hold a subscription: set GRAPH_SERVICE_ACCOUNTS")
+    for account, info in accounts.items():
+        if info["health"].get("state") != "ok":
+            problems.append(f"service account {account}: {info['health'].get('state')}")
+    if scheduler.get("shortfall"):
+        problems.append(str(scheduler["shortfall"]))
+    if report["dead_letters"]:
+        problems.append(f"{report['dead_letters']} dead letter(s): see `presence-bridge dead-letters list`")
+    if report["starface_sessions"]["down"]:
+        problems.append(f"{len(report['starface_sessions']['down'])} STARFACE session(s) down")
+    if report["failing_users"]:
+        problems.append(f"{len(report['failing_users'])} user(s) whose last reconcile failed")
+    return problems
 
 
 async def _failing_users(redis: aioredis.Redis, limit: int = 20) -> list[str]:
@@ -160,17 +208,17 @@ def render(report: dict[str, Any]) -> str:
     if report["failing_users"]:
         lines.append("Users whose last reconcile failed")
         lines += [f"  {line}" for line in report["failing_users"]]
+    lines.append(
+        f"Workers alive: {report['workers_alive']}; scheduler lease: {report['scheduler_lease'] or 'none'}"
+    )
+    if report["problems"]:
+        lines.append("UNHEALTHY")
+        lines += [f"  - {problem}" for problem in report["problems"]]
+    else:
+        lines.append("HEALTHY")
     return "\n".join(lines)
 
 
 def healthy(report: dict[str, Any]) -> bool:
-    """False when something needs an operator: an alert, dead letters, down sessions, failures."""
-    subs = report["subscriptions"]
-    alerts = any(info["health"].get("state") != "ok" for info in subs["accounts"].values())
-    return not (
-        alerts
-        or subs.get("scheduler", {}).get("shortfall")
-        or report["dead_letters"]
-        or report["starface_sessions"]["down"]
-        or report["failing_users"]
-    )
+    """False when something needs an operator; ``report["problems"]`` says what."""
+    return not report["problems"]

@@ -8,6 +8,7 @@ environment stripped of every bridge setting, so only what a test sets is config
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import re
 import signal
@@ -32,6 +33,7 @@ from service.starface.directory import DirectoryStore, Selection
 from service.starface.rest import StarfaceUser
 from tests.cli.processes import CliProcess, describe, run_cli, run_jobs, run_many
 from tests.conftest import SECRET_KEY
+from tests.ops.conftest import mark_running
 
 PASSWORD_1 = "Zebra-Passw0rd-41"
 PASSWORD_2 = "Otter;Pass,word-42"
@@ -423,17 +425,28 @@ def test_credentials_without_redis_url_use_the_embedded_valkey_durably(
 
 
 def test_status_exit_code_reflects_health(tmp_path: Path, redis_env: dict[str, str], redis_url: str) -> None:
+    empty = run_cli(["status"], redis_env, tmp_path)
+    assert empty.returncode == 1, describe(empty)
+    for problem in (
+        "  - no worker is alive",
+        "  - no scheduler holds the lease",
+        "  - the STARFACE directory was never read",
+        "  - no service account can hold a subscription",
+    ):
+        assert problem in empty.stdout, empty.stdout
+    redis_env = {**redis_env, "GRAPH_SERVICE_ACCOUNTS": "sync@example.com"}
+    asyncio.run(_mark_running(redis_url))
     text, as_json = run_many([["status"], ["status", "--json"]], redis_env, tmp_path)
     assert text.returncode == 0, describe(text)
     assert text.stderr == ""
+    assert text.stdout.splitlines()[-1] == "HEALTHY"
     for section in (
-        "Subscriptions (last scheduler pass: never, leader none)",
-        "  no service accounts configured (GRAPH_SERVICE_ACCOUNTS)",
+        "  sync@example.com: no subscription",
         "Queues",
         "  presence: 0 entries, 0 not yet read, 0 in work",
         "  dead letters: 0",
         "STARFACE sessions: 0 up, 0 down",
-        "STARFACE directory: 0 user(s) selected, last refreshed never",
+        "Workers alive: 1; scheduler lease: host:1:abc",
     ):
         assert section in text.stdout.splitlines(), text.stdout
     assert as_json.returncode == 0, describe(as_json)
@@ -451,6 +464,22 @@ def test_status_exit_code_reflects_health(tmp_path: Path, redis_env: dict[str, s
     assert unhealthy.returncode == 1, describe(unhealthy)
     assert "  dead letters: 1" in unhealthy.stdout.splitlines()
     assert "    presence: boom after 5 tries" in unhealthy.stdout.splitlines()
+
+
+async def _mark_running(redis_url: str) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await mark_running(client)
+    finally:
+        await client.aclose()
+
+
+def test_status_where_there_is_no_bridge_says_so(tmp_path: Path, bare_env: dict[str, str]) -> None:
+    result = run_cli(["status"], bare_env, tmp_path)
+    assert result.returncode == 1, describe(result)
+    assert result.stderr.startswith("presence-bridge: no bridge here: REDIS_URL is not set")
+    assert result.stdout == ""
+    assert not (tmp_path / "data").exists()  # and no empty embedded Valkey was started
 
 
 def test_redis_unreachable_is_one_line_without_the_password(tmp_path: Path, core_env: dict[str, str]) -> None:

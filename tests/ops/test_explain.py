@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -19,6 +20,7 @@ from service.ops.explain import UnknownPerson, explain, find, preview
 from service.ops.status import collect, healthy, render
 from service.starface.directory import DirectoryStore, Selection
 from service.starface.rest import StarfaceUser
+from tests.ops.conftest import Running
 
 USER = "eeee0000-0000-4000-8000-000000000005"
 ANNA = StarfaceUser(1, "0001", "Anna.Alt@example.com", "Anna", "Alt", ("Vertrieb", "7"))
@@ -84,11 +86,12 @@ async def test_preview_shows_what_a_mapping_would_change_and_changes_nothing(
 
 
 async def test_status_reports_problems_an_operator_must_see(
-    redis_client: aioredis.Redis, make_settings: Callable[..., Settings]
+    redis_client: aioredis.Redis, make_settings: Callable[..., Settings], running: Running
 ) -> None:
     settings = make_settings(GRAPH_SERVICE_ACCOUNTS="sync@example.com")
+    await running(redis_client)
     report = await collect(redis_client, settings)
-    assert healthy(report)
+    assert healthy(report), report["problems"]
     await seed(redis_client)
     await UserStateStore(redis_client).update_bridge(USER, failures=3, last_error="STARFACE DND on: refused")
     await redis_client.xadd(
@@ -102,3 +105,46 @@ async def test_status_reports_problems_an_operator_must_see(
     assert "presence: bad entry after 5 tries" in text
     assert "login 0001: STARFACE DND on: refused" in text
     assert "STARFACE directory: 1 user(s) selected" in text
+
+
+@pytest.mark.parametrize(
+    ("broken", "problem"),
+    [
+        (lambda r: r.delete(keys.LIVE_WORKERS), "no worker is alive"),
+        (lambda r: r.zadd(keys.LIVE_WORKERS, {"worker-1": time.time() - 600}), "no worker is alive"),
+        (lambda r: r.delete(keys.SCHEDULER_LEASE), "no scheduler holds the lease"),
+        (lambda r: r.delete(keys.SCHEDULER_STATUS), "the scheduler never completed a pass"),
+        (
+            lambda r: r.hset(keys.SCHEDULER_STATUS, "last_pass_at", str(time.time() - 3600)),
+            "the last scheduler pass is 60 min old",
+        ),
+        (lambda r: r.delete(keys.STARFACE_DIRECTORY_META), "the STARFACE directory was never read"),
+        (
+            lambda r: r.hset(keys.STARFACE_DIRECTORY_META, "refreshed_at", repr(time.time() - 7200)),
+            "the STARFACE directory was last read 120 min ago",
+        ),
+    ],
+)
+async def test_status_is_unhealthy_for_each_missing_part(
+    redis_client: aioredis.Redis,
+    make_settings: Callable[..., Settings],
+    running: Running,
+    broken: Callable[[aioredis.Redis], Awaitable[object]],
+    problem: str,
+) -> None:
+    settings = make_settings(GRAPH_SERVICE_ACCOUNTS="sync@example.com")
+    await running(redis_client)
+    await broken(redis_client)
+    report = await collect(redis_client, settings)
+    assert not healthy(report)
+    [only] = report["problems"]
+    assert only.startswith(problem)
+    assert problem in render(report)
+
+
+async def test_status_without_service_accounts_is_unhealthy(
+    redis_client: aioredis.Redis, make_settings: Callable[..., Settings], running: Running
+) -> None:
+    await running(redis_client)
+    report = await collect(redis_client, make_settings())
+    assert report["problems"] == ["no service account can hold a subscription: set GRAPH_SERVICE_ACCOUNTS"]

@@ -73,6 +73,7 @@ from service.sandbox.graphstate import (
     parse_duration,
     parse_presence_resource,
 )
+from service.sandbox.secretfile import write_secret
 from service.sandbox.tls import CertificateAuthority
 from service.web.body import BodyTooLarge, read_bounded
 from service.web.server import ServerThread
@@ -1229,15 +1230,9 @@ def build_from_args(args: argparse.Namespace) -> GraphSandbox:
         accounts.append(
             {"userPrincipalName": created.user_principal_name, "password": password, "id": created.id}
         )
-    _write_secret(state_dir / "control-token", options.control_token)
-    _write_secret(state_dir / "service-accounts.json", json.dumps(accounts, indent=2))
+    write_secret(state_dir / "control-token", options.control_token)
+    write_secret(state_dir / "service-accounts.json", json.dumps(accounts, indent=2))
     return sandbox
-
-
-def _write_secret(path: Path, text: str) -> None:
-    path.touch(mode=0o600, exist_ok=True)
-    path.chmod(0o600)
-    path.write_text(text, encoding="utf-8")
 
 
 def run(args: argparse.Namespace) -> int:

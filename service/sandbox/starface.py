@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import secrets
 import signal
 import ssl
@@ -26,6 +25,7 @@ from typing import Any
 
 from service.core.tls import client_context
 from service.sandbox.clock import Clock
+from service.sandbox.secretfile import write_secret
 from service.sandbox.starface_app import build_control_app, build_pbx_app
 from service.sandbox.starface_callbacks import Dispatcher
 from service.sandbox.starface_context import Context
@@ -62,15 +62,15 @@ class StarfaceSandbox:
         self.ca = CertificateAuthority("STARFACE sandbox CA")
         self.ca_file = self.ca.write_ca(state_dir / "ca.crt")
         self.control_token = options.control_token or secrets.token_urlsafe(32)
-        self.control_token_file = _write_secret(state_dir / "control-token", self.control_token)
+        self.control_token_file = write_secret(state_dir / "control-token", self.control_token + "\n")
         self.pbx = Pbx(
             self.clock,
             namespace=options.namespace,
             session_timeout=options.session_timeout,
             oauth_client_secret=options.oauth_client_secret,
         )
-        self.oauth_client_secret_file = _write_secret(
-            state_dir / "oauth-client-secret", self.pbx.oauth_client_secret
+        self.oauth_client_secret_file = write_secret(
+            state_dir / "oauth-client-secret", self.pbx.oauth_client_secret + "\n"
         )
         trust = client_context(options.callback_ca_file or self.ca_file)
         self.dispatcher = Dispatcher(self.clock, trust, self._session_is_live)
@@ -145,14 +145,6 @@ class SandboxThread(LoopThread):
     def start(self, timeout: float = 30.0) -> StarfaceSandbox:  # type: ignore[override]
         super().start(timeout)
         return self.sandbox
-
-
-def _write_secret(path: Path, value: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600)
-    os.chmod(path, 0o600)
-    path.write_text(value + "\n", encoding="utf-8")
-    return path
 
 
 # -- command line ----------------------------------------------------------------------------------
@@ -244,7 +236,7 @@ async def _serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
     sandbox = StarfaceSandbox(options)
     seeded = _seed(sandbox.pbx, args)
-    users_file = _write_secret(options.state_dir / "users.json", json.dumps(seeded, indent=2))
+    users_file = write_secret(options.state_dir / "users.json", json.dumps(seeded, indent=2) + "\n")
     await sandbox.start()
     lines = [
         f"STARFACE sandbox (UCI namespace {options.namespace})",

@@ -113,11 +113,19 @@ class PresenceChange:
         user_id = resource.get("id") or fallback_user_id
         availability = resource.get("availability")
         activity = resource.get("activity")
-        if not isinstance(user_id, str) or not user_id:
+        if not isinstance(user_id, str) or not _sane(user_id) or not user_id:
             raise PresenceFormatError("presence without id")
         if not isinstance(availability, str) or not isinstance(activity, str):
             raise PresenceFormatError("presence without availability/activity strings")
+        if not _sane(availability) or not _sane(activity):
+            raise PresenceFormatError("presence without availability/activity strings")
         sequence = resource.get("sequenceNumber")
+        if isinstance(sequence, bool) or not (
+            sequence is None or _sane(sequence) or isinstance(sequence, int)
+        ):
+            raise PresenceFormatError("sequenceNumber is neither text nor a number")
+        if isinstance(sequence, int) and abs(sequence) >= 10**40:
+            raise PresenceFormatError("sequenceNumber out of range")
         return cls(
             user_id=user_id,
             availability=availability,
@@ -144,10 +152,23 @@ class PresenceChange:
             raise PresenceFormatError(f"unreadable stream entry: {exc}") from None
 
 
+_MAX_TEXT = 1024
+
+
+def _sane(value: Any) -> bool:
+    """Text every later stage (Redis, JSON logs, STARFACE) can carry: bounded, no NUL or lone surrogate."""
+    return (
+        isinstance(value, str)
+        and len(value) <= _MAX_TEXT
+        and not any(ch == "\x00" or "\ud800" <= ch <= "\udfff" for ch in value)
+    )
+
+
 def _status_text(value: Any) -> str | None:
     """``statusMessage`` is ``{message: {content, contentType}, ...}``; keep the text only."""
     if isinstance(value, dict):
         message = value.get("message")
         if isinstance(message, dict) and isinstance(message.get("content"), str):
-            return str(message["content"])
+            content = str(message["content"])
+            return content if not any(ch == "\x00" or "\ud800" <= ch <= "\udfff" for ch in content) else None
     return None

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
+from typing import Any
+
 from starlette.requests import Request
 
 
@@ -26,3 +30,45 @@ async def read_bounded(request: Request, limit: int) -> bytes:
             raise BodyTooLarge(limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+class BadJson(ValueError):
+    """A body that is not JSON, or nests deeper than the bound."""
+
+
+def json_too_deep(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether brackets outside strings nest beyond ``limit``; judged on the bytes, before any parser
+    recurses into them (the stdlib parser recurses once per level and overflows near 100k levels)."""
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    depth = 0
+    for byte in brackets:
+        depth += 1 if byte in b"[{" else -1
+        if depth > limit:
+            return True
+    return False
+
+
+def loads_bounded(raw: bytes, limit: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` of a body whose nesting is bounded first; any failure is ``BadJson``."""
+    if json_too_deep(raw, limit):
+        raise BadJson("nested too deep")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise BadJson(type(exc).__name__) from None
+
+
+_SURROGATE_OR_NUL = re.compile("[\x00\ud800-\udfff]")
+
+
+def clean_text(value: Any, limit: int) -> str | None:
+    """``value`` when it is a non-empty string of at most ``limit`` characters that UTF-8 can carry
+    and holds no NUL; else ``None``.  JSON admits lone surrogates that Redis and logs cannot take."""
+    if not isinstance(value, str) or not value or len(value) > limit or _SURROGATE_OR_NUL.search(value):
+        return None
+    return value

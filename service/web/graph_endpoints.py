@@ -9,7 +9,7 @@ stored right now, the answer is 503 at once, so Graph retries.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -30,12 +30,15 @@ from service.graph.clientstate import ClientStates, matches
 from service.graph.crypto import ContentError, decrypt_content
 from service.graph.presence import PresenceChange, PresenceFormatError
 from service.graph.validation_tokens import KeysUnavailable, TokenRejected, TokenVerifier
-from service.web.body import BodyTooLarge, read_bounded
+from service.web.body import BadJson, BodyTooLarge, clean_text, loads_bounded, read_bounded
 
 log = logging.getLogger(__name__)
 
 MAX_VALIDATION_TOKEN = 4096
 LIFECYCLE_EVENTS = frozenset({"reauthorizationRequired", "subscriptionRemoved", "missed"})
+# Graph's ids are GUIDs and its clientState at most 128 characters; the bounds leave room, no more.
+MAX_ID = 256
+MAX_TOKEN = 16 * 1024
 
 
 class Unavailable(Exception):
@@ -81,8 +84,8 @@ async def _items(request: Request, ingest: Ingest) -> tuple[list[dict[str, Any]]
     except ClientDisconnect:
         return _plain(400, "client went away")
     try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        payload = loads_bounded(body)
+    except BadJson:
         return _plain(400, "body is not JSON")
     if not isinstance(payload, dict) or not isinstance(payload.get("value"), list):
         return _plain(400, "expected an object with a 'value' array")
@@ -108,11 +111,18 @@ async def _authentic(
     items: list[dict[str, Any]], ingest: Ingest, dropped: Counter[str]
 ) -> list[dict[str, Any]]:
     """Items whose subscription is ours and whose clientState matches, in constant time."""
-    ids = sorted({i["subscriptionId"] for i in items if isinstance(i.get("subscriptionId"), str)})
-    secrets = await ingest.client_states.get_many(ids)
-    kept = []
+    typed = []
     for item in items:
-        expected = secrets.get(item.get("subscriptionId"))  # type: ignore[arg-type]
+        # A field of the wrong type, too long, or with a NUL or lone surrogate is dropped as forged.
+        if clean_text(item.get("subscriptionId"), MAX_ID) is None or not _optional_text(item, "clientState"):
+            dropped["malformed"] += 1
+        else:
+            typed.append(item)
+    ids = sorted({i["subscriptionId"] for i in typed})
+    secrets = await ingest.client_states.get_many(ids) if ids else {}
+    kept = []
+    for item in typed:
+        expected = secrets.get(item["subscriptionId"])
         if expected is None:
             dropped["unknown_subscription"] += 1
         elif not matches(expected, item.get("clientState")):
@@ -124,9 +134,28 @@ async def _authentic(
     return kept
 
 
+def _optional_text(item: dict[str, Any], name: str, limit: int = MAX_ID) -> bool:
+    return item.get(name) is None or clean_text(item[name], limit) is not None
+
+
+async def _guarded(endpoint: str, request: Request, handler: Any) -> Response:
+    """The last resort: whatever the checks above did not foresee is counted and answered 400, never 500."""
+    try:
+        response: Response = await handler(request)
+        return response
+    except ClientDisconnect:
+        return _plain(400, "client went away")
+    except Exception:
+        log.warning("%s: unexpected error, answering 400", endpoint, exc_info=True)
+        metrics.NOTIFICATION_ITEMS.labels("internal_error").inc()
+        with contextlib.suppress(RedisError, OSError):
+            await request.app.state.ingest.redis.hincrby(keys.DROPPED_COUNTS, "internal_error", 1)
+        return _plain(400, "bad request")
+
+
 async def notifications(request: Request) -> Response:
     started = time.perf_counter()
-    response = await _notifications(request)
+    response = await _guarded("notifications", request, _notifications)
     metrics.NOTIFICATION_ACK_SECONDS.labels("notifications", str(response.status_code)).observe(
         time.perf_counter() - started
     )
@@ -193,6 +222,8 @@ def _verify_tokens(tokens: Any, verifier: TokenVerifier) -> str | None:
     """None when every token is good; else the reason to drop the batch's encrypted items."""
     if not isinstance(tokens, list) or not tokens:
         return "missing_validation_tokens"
+    if not all(clean_text(token, MAX_TOKEN) is not None for token in tokens):
+        return "bad_token"
     try:
         for token in tokens:
             verifier.verify(token)
@@ -204,8 +235,8 @@ def _verify_tokens(tokens: Any, verifier: TokenVerifier) -> str | None:
 async def _decrypt(
     item: dict[str, Any], encrypted: dict[str, Any], ingest: Ingest, received_at: float
 ) -> PresenceChange:
-    certificate_id = encrypted.get("encryptionCertificateId")
-    if not isinstance(certificate_id, str) or not certificate_id:
+    certificate_id = clean_text(encrypted.get("encryptionCertificateId"), MAX_ID)
+    if certificate_id is None:
         raise ContentError("malformed", "no encryptionCertificateId")
     try:
         certificate = await ingest.certificates.get(certificate_id)
@@ -215,8 +246,8 @@ async def _decrypt(
         raise ContentError("unknown_certificate")
     plaintext = decrypt_content(encrypted, certificate.private_key)
     try:
-        resource = json.loads(plaintext.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
+        resource = loads_bounded(plaintext)
+    except BadJson:
         raise ContentError("malformed", "decrypted data is not UTF-8 JSON") from None
     if not isinstance(resource, dict):
         raise ContentError("malformed", "decrypted data is not an object")
@@ -227,11 +258,15 @@ async def _decrypt(
         subscription_id=str(item["subscriptionId"]),
         tenant_id=str(item.get("tenantId", "")),
         received_at=received_at,
-        fallback_user_id=fallback if isinstance(fallback, str) else None,
+        fallback_user_id=clean_text(fallback, MAX_ID),
     )
 
 
 async def lifecycle(request: Request) -> Response:
+    return await _guarded("lifecycle", request, _lifecycle)
+
+
+async def _lifecycle(request: Request) -> Response:
     ingest: Ingest = request.app.state.ingest
     parsed = await _handshake_or_items(request, ingest)
     if isinstance(parsed, Response):
@@ -242,8 +277,16 @@ async def lifecycle(request: Request) -> Response:
     try:
         events = []
         for item in await _authentic(items, ingest, dropped):
-            if item.get("lifecycleEvent") not in LIFECYCLE_EVENTS:
+            if (
+                not isinstance(item.get("lifecycleEvent"), str)
+                or item["lifecycleEvent"] not in LIFECYCLE_EVENTS
+            ):
                 dropped["unknown_lifecycle_event"] += 1
+                continue
+            if not _optional_text(item, "tenantId") or not _optional_text(
+                item, "subscriptionExpirationDateTime"
+            ):
+                dropped["malformed"] += 1
                 continue
             event = {k: item.get(k) for k in ("subscriptionId", "lifecycleEvent", "tenantId")}
             event["subscriptionExpirationDateTime"] = item.get("subscriptionExpirationDateTime")

@@ -326,3 +326,91 @@ async def test_tampered_bytes_through_http_queue_nothing(bridge: Bridge, field: 
     dropped = await bridge.dropped()
     assert sum(dropped.values()) == 3
     assert set(dropped) <= {"bad_signature", "bad_key"}
+
+
+@pytest.mark.parametrize("path", ["/graph/notifications", "/graph/lifecycle"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"subscriptionId": ["a", "b"]},
+        {"subscriptionId": {"id": "x"}},
+        {"subscriptionId": "sub-\ud800"},
+        {"subscriptionId": "sub-\x00"},
+        {"subscriptionId": "s" * 100_000},
+        {"clientState": "\udfff"},
+        {"clientState": {"nested": [1]}},
+        {"lifecycleEvent": ["missed"], "tenantId": "\ud800"},
+    ],
+)
+async def test_fields_of_the_wrong_type_or_unsafe_text_are_dropped_never_500(
+    bridge: Bridge, path: str, override: dict[str, Any]
+) -> None:
+    sub = await bridge.subscription()
+    item = {
+        **bridge.notifications.item(sub, bridge.certificate, USER),
+        "lifecycleEvent": "missed",
+        **override,
+    }
+    response = await bridge.post(bridge.notifications.body([item]), path=path)
+    assert response.status_code == 202
+    assert await bridge.queued() == 0
+    assert await bridge.redis.xlen(keys.LIFECYCLE_STREAM) == 0
+    assert sum((await bridge.dropped()).values()) == 1
+
+
+async def test_a_surrogate_in_the_certificate_id_is_dropped(bridge: Bridge) -> None:
+    sub = await bridge.subscription()
+    item = bridge.notifications.item(sub, bridge.certificate, USER)
+    item["encryptedContent"]["encryptionCertificateId"] = "cert-\ud800"
+    assert (await bridge.post(bridge.notifications.body([item]))).status_code == 202
+    assert await bridge.dropped() == {"malformed": 1}
+
+
+@pytest.mark.parametrize("path", ["/graph/notifications", "/graph/lifecycle"])
+@pytest.mark.parametrize("depth", [65, 50_000, 100_000])
+async def test_deeply_nested_json_is_refused_before_parsing(bridge: Bridge, path: str, depth: int) -> None:
+    for body in (
+        b"[" * depth + b"]" * depth,
+        b'{"value": [' + b'{"a":' * depth + b"1" + b"}" * depth + b"]}",
+    ):
+        response = await bridge.http.post(path, content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 400
+
+
+async def test_a_deeply_nested_decrypted_payload_is_dropped(bridge: Bridge) -> None:
+    sub = await bridge.subscription()
+    nested: Any = "x"
+    for _ in range(200):
+        nested = [nested]
+    resource = {"id": USER, "availability": "Busy", "activity": "InACall", "extra": nested}
+    item = bridge.notifications.item(sub, bridge.certificate, USER, resource=resource)
+    assert (await bridge.post(bridge.notifications.body([item]))).status_code == 202
+    assert await bridge.queued() == 0
+    assert await bridge.dropped() == {"malformed": 1}
+
+
+@pytest.mark.parametrize(
+    "resource",
+    [
+        {"id": USER, "availability": "Busy\ud800", "activity": "InACall"},
+        {"id": USER + "\x00", "availability": "Busy", "activity": "InACall"},
+        {"id": USER, "availability": "Busy", "activity": "InACall", "sequenceNumber": {"a": 1}},
+        {"id": USER, "availability": "Busy", "activity": "InACall", "sequenceNumber": 10**60},
+    ],
+)
+async def test_decrypted_fields_of_the_wrong_type_or_unsafe_text_are_dropped(
+    bridge: Bridge, resource: dict[str, Any]
+) -> None:
+    sub = await bridge.subscription()
+    item = bridge.notifications.item(sub, bridge.certificate, USER, resource=resource)
+    assert (await bridge.post(bridge.notifications.body([item]))).status_code == 202
+    assert await bridge.queued() == 0
+    assert await bridge.dropped() == {"bad_resource": 1}
+
+
+async def test_validation_tokens_of_the_wrong_type_drop_the_batch(bridge: Bridge) -> None:
+    sub = await bridge.subscription()
+    item = bridge.notifications.item(sub, bridge.certificate, USER)
+    body = bridge.notifications.body([item], tokens=[{"a": 1}, ["x"]])  # type: ignore[list-item]
+    assert (await bridge.post(body)).status_code == 202
+    assert await bridge.dropped() == {"bad_token": 1}

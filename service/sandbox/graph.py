@@ -23,7 +23,7 @@ import secrets
 import time
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,14 +49,13 @@ from service.sandbox.entra import (
     TokenRejected,
 )
 from service.sandbox.entra_routes import entra_routes
+from service.sandbox.graph_calls import GraphCall, GraphResult, GraphRoute, Handler, json_body, require
 from service.sandbox.graph_control import FaultBook, control_routes, session_duration
 from service.sandbox.graph_delivery import Notifier, PendingItem, read_capped
+from service.sandbox.graph_subscriptions import SubscriptionEndpoints
 from service.sandbox.graphstate import (
-    CERTIFICATE_ID_MAX,
-    CLIENT_STATE_MAX,
     PREFERRED_COMBINATIONS,
     PRESENCE_MAX_IDS,
-    REAUTHORIZE_PATCH_GAP,
     SESSION_DEFAULT,
     SET_PRESENCE_COMBINATIONS,
     GraphError,
@@ -65,13 +64,9 @@ from service.sandbox.graphstate import (
     Subscription,
     SubscriptionBook,
     bad_request,
-    expiration,
     format_datetime,
-    https_url,
     normalize_ids,
-    parse_certificate,
     parse_duration,
-    parse_presence_resource,
 )
 from service.sandbox.secretfile import write_secret
 from service.sandbox.tls import CertificateAuthority
@@ -117,74 +112,6 @@ class SandboxOptions:
     signing_key: SigningKey | None = None
 
 
-# ---- Graph request plumbing ------------------------------------------------------------------
-
-
-@dataclass
-class GraphCall:
-    method: str
-    path: str  # relative to /v1.0, decoded, no leading slash
-    query: dict[str, str]
-    headers: Mapping[str, str]  # lower-case names
-    body: bytes
-
-
-@dataclass
-class GraphResult:
-    status: int
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-Handler = Callable[[GraphCall, AccessContext, re.Match[str]], Awaitable[GraphResult]]
-
-
-@dataclass(frozen=True)
-class GraphRoute:
-    method: str
-    pattern: re.Pattern[str]
-    handler: Handler
-    presence: bool  # counts against the presence rate limit
-
-
-def _json_body(call: GraphCall) -> dict[str, Any]:
-    if not call.body.strip():
-        return {}
-    try:
-        value = json.loads(call.body)
-    except (ValueError, UnicodeDecodeError):
-        raise bad_request(
-            "Unable to read JSON request payload. Please ensure Content-Type header is set and payload "
-            "is of valid JSON format."
-        ) from None
-    if not isinstance(value, dict):
-        raise bad_request("The request payload must be a JSON object.")
-    return value
-
-
-def _forbidden(ctx: AccessContext, app_perms: set[str], delegated_perms: set[str]) -> GraphError:
-    if ctx.app_only:
-        return GraphError(
-            403,
-            "Forbidden",
-            f"Missing role permissions on the request. API requires one of "
-            f"'{', '.join(sorted(app_perms))}'. Roles on the request '{', '.join(sorted(ctx.roles))}'.",
-        )
-    return GraphError(
-        403,
-        "Forbidden",
-        f"Missing scope permissions on the request. API requires one of "
-        f"'{', '.join(sorted(delegated_perms))}'. Scopes on the request '{' '.join(sorted(ctx.scopes))}'.",
-    )
-
-
-def _require(ctx: AccessContext, app_perms: set[str], delegated_perms: set[str]) -> None:
-    granted = ctx.roles if ctx.app_only else ctx.scopes
-    wanted = app_perms if ctx.app_only else delegated_perms
-    if not granted & wanted:
-        raise _forbidden(ctx, app_perms, delegated_perms)
-
-
 # ---- the sandbox -----------------------------------------------------------------------------
 
 
@@ -223,6 +150,7 @@ class GraphSandbox:
         self.base_url = ""
         self.ca = CertificateAuthority("presence-bridge Graph sandbox CA")
         self.ca_file = self.ca.write_ca(state_dir / "ca.crt")
+        self.subscription_endpoints = SubscriptionEndpoints(self)
         self._routes = self._graph_routes()
         self._ticker: asyncio.Task[None] | None = None
         self.app = self._build_app()
@@ -442,12 +370,16 @@ class GraphSandbox:
             route("POST", f"{user}/presence/setUserPreferredPresence", self._set_preferred, True),
             route("POST", f"{user}/presence/clearUserPreferredPresence", self._clear_preferred, True),
             route("POST", f"{user}/presence/setStatusMessage", self._set_status_message, True),
-            route("POST", "subscriptions", self._create_subscription),
-            route("GET", "subscriptions", self._list_subscriptions),
-            route("GET", r"subscriptions/(?P<sid>[^/]+)", self._get_subscription),
-            route("PATCH", r"subscriptions/(?P<sid>[^/]+)", self._patch_subscription),
-            route("DELETE", r"subscriptions/(?P<sid>[^/]+)", self._delete_subscription),
-            route("POST", r"subscriptions/(?P<sid>[^/]+)/reauthorize", self._reauthorize_subscription),
+            route("POST", "subscriptions", self.subscription_endpoints.create_subscription),
+            route("GET", "subscriptions", self.subscription_endpoints.list_subscriptions),
+            route("GET", r"subscriptions/(?P<sid>[^/]+)", self.subscription_endpoints.get_subscription),
+            route("PATCH", r"subscriptions/(?P<sid>[^/]+)", self.subscription_endpoints.patch_subscription),
+            route("DELETE", r"subscriptions/(?P<sid>[^/]+)", self.subscription_endpoints.delete_subscription),
+            route(
+                "POST",
+                r"subscriptions/(?P<sid>[^/]+)/reauthorize",
+                self.subscription_endpoints.reauthorize_subscription,
+            ),
         ]
 
     async def dispatch(self, call: GraphCall) -> GraphResult:
@@ -521,7 +453,7 @@ class GraphSandbox:
     # users
 
     async def _list_users(self, call: GraphCall, ctx: AccessContext, _m: re.Match[str]) -> GraphResult:
-        _require(ctx, {"User.Read.All"}, {"User.Read.All", "User.ReadBasic.All"})
+        require(ctx, {"User.Read.All"}, {"User.Read.All", "User.ReadBasic.All"})
         accounts = sorted(self.entra.accounts.values(), key=lambda a: a.user_principal_name.lower())
         if "$filter" in call.query:
             accounts = [a for a in accounts if _user_filter(call.query["$filter"])(a)]
@@ -549,9 +481,9 @@ class GraphSandbox:
     async def _get_user(self, call: GraphCall, ctx: AccessContext, match: re.Match[str]) -> GraphResult:
         account = self._account(ctx, match)
         if ctx.app_only or account.id != ctx.user_id:
-            _require(ctx, {"User.Read.All"}, {"User.Read.All", "User.ReadBasic.All"})
+            require(ctx, {"User.Read.All"}, {"User.Read.All", "User.ReadBasic.All"})
         else:
-            _require(ctx, set(), {"User.Read", "User.Read.All", "User.ReadBasic.All"})
+            require(ctx, set(), {"User.Read", "User.Read.All", "User.ReadBasic.All"})
         select = [s.strip() for s in call.query.get("$select", "").split(",") if s.strip()]
         body = {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#users/$entity"}
         body.update(_select(account.graph_json(), select))
@@ -563,7 +495,7 @@ class GraphSandbox:
         delegated = {"Presence.Read.All"}
         if user_id is not None and user_id == ctx.user_id:
             delegated.add("Presence.Read")
-        _require(ctx, {"Presence.Read.All", "Presence.ReadWrite.All"}, delegated)
+        require(ctx, {"Presence.Read.All", "Presence.ReadWrite.All"}, delegated)
 
     async def _get_presence(self, call: GraphCall, ctx: AccessContext, match: re.Match[str]) -> GraphResult:
         account = self._account(ctx, match)
@@ -578,7 +510,7 @@ class GraphSandbox:
         self, call: GraphCall, ctx: AccessContext, _m: re.Match[str]
     ) -> GraphResult:
         self._require_presence_read(ctx, None)
-        ids = _json_body(call).get("ids")
+        ids = json_body(call).get("ids")
         if not isinstance(ids, list) or not ids:
             raise bad_request("The request body must contain a non-empty 'ids' array.")
         if len(ids) > PRESENCE_MAX_IDS:
@@ -601,12 +533,12 @@ class GraphSandbox:
     # presence writes
 
     def _require_presence_write(self, ctx: AccessContext) -> None:
-        _require(ctx, {"Presence.ReadWrite.All"}, {"Presence.ReadWrite"})
+        require(ctx, {"Presence.ReadWrite.All"}, {"Presence.ReadWrite"})
 
     async def _set_presence(self, call: GraphCall, ctx: AccessContext, match: re.Match[str]) -> GraphResult:
         account = self._account(ctx, match)
         self._require_presence_write(ctx)
-        body = _json_body(call)
+        body = json_body(call)
         session_id = body.get("sessionId")
         if not isinstance(session_id, str) or not session_id:
             raise bad_request("sessionId is required.")
@@ -630,7 +562,7 @@ class GraphSandbox:
     async def _clear_presence(self, call: GraphCall, ctx: AccessContext, match: re.Match[str]) -> GraphResult:
         account = self._account(ctx, match)
         self._require_presence_write(ctx)
-        session_id = _json_body(call).get("sessionId")
+        session_id = json_body(call).get("sessionId")
         if not isinstance(session_id, str) or not session_id:
             raise bad_request("sessionId is required.")
         if not self.presence.clear_session(account.id, session_id, f"clearPresence by {ctx.app_id}"):
@@ -640,7 +572,7 @@ class GraphSandbox:
     async def _set_preferred(self, call: GraphCall, ctx: AccessContext, match: re.Match[str]) -> GraphResult:
         account = self._account(ctx, match)
         self._require_presence_write(ctx)
-        body = _json_body(call)
+        body = json_body(call)
         pair = (body.get("availability"), body.get("activity"))
         if pair not in PREFERRED_COMBINATIONS:
             raise bad_request(f"The availability/activity combination {pair[0]}/{pair[1]} is not supported.")
@@ -665,7 +597,7 @@ class GraphSandbox:
     ) -> GraphResult:
         account = self._account(ctx, match)
         self._require_presence_write(ctx)
-        status = _json_body(call).get("statusMessage")
+        status = json_body(call).get("statusMessage")
         if not isinstance(status, dict) or not isinstance(status.get("message"), dict):
             raise bad_request("statusMessage.message is required.")
         content = status["message"].get("content")
@@ -683,253 +615,12 @@ class GraphSandbox:
 
     # subscriptions
 
-    def _require_subscription_auth(self, ctx: AccessContext, operation: str) -> str:
-        """Presence subscriptions are delegated-only, with Presence.Read.All, still consented."""
-        if ctx.app_only or ctx.user_id is None:
-            raise GraphError(
-                403,
-                "ExtensionError",
-                f"Operation: {operation}; Exception: [Status Code: Forbidden; Reason: The request is not "
-                "authorized for this user or application. Application permissions are not supported for "
-                "presence subscriptions.]",
-            )
-        if "Presence.Read.All" not in ctx.scopes:
-            raise _forbidden(ctx, set(), {"Presence.Read.All"})
-        account = self.entra.accounts.get(ctx.user_id)
-        if (
-            account is None
-            or not self.entra.has_consent(ctx.app_id, ctx.user_id)
-            or ctx.issued_at < account.tokens_valid_from
-        ):
-            raise GraphError(
-                403,
-                "ExtensionError",
-                f"Operation: {operation}; Exception: [Status Code: Forbidden; Reason: The request is not "
-                "authorized for this user or application.]",
-            )
-        return ctx.user_id
-
-    async def _create_subscription(
-        self, call: GraphCall, ctx: AccessContext, _m: re.Match[str]
-    ) -> GraphResult:
-        creator = self._require_subscription_auth(ctx, "Create")
-        body = _json_body(call)
-        now = self.clock.now()
-        change_type = body.get("changeType")
-        if not isinstance(change_type, str) or not change_type:
-            raise bad_request(
-                "changeType is a required property for subscription creation.", "InvalidRequest"
-            )
-        notification_url = https_url(body.get("notificationUrl"), "notificationUrl")
-        user_ids = parse_presence_resource(body.get("resource"))
-        types = [t.strip() for t in change_type.split(",")]
-        if types != ["updated"]:
-            raise bad_request(
-                f"The changeType '{change_type}' is not supported for presence; only 'updated' is.",
-                "InvalidRequest",
-            )
-        lifecycle_url = body.get("lifecycleNotificationUrl")
-        if lifecycle_url is not None:
-            lifecycle_url = https_url(lifecycle_url, "lifecycleNotificationUrl")
-        expires_at = expiration(body.get("expirationDateTime"), now)
-        client_state = body.get("clientState")
-        if client_state is not None and (
-            not isinstance(client_state, str) or len(client_state) > CLIENT_STATE_MAX
-        ):
-            raise bad_request(
-                f"clientState must be a string of at most {CLIENT_STATE_MAX} characters.", "InvalidRequest"
-            )
-        include = body.get("includeResourceData", False)
-        if not isinstance(include, bool):
-            raise bad_request("includeResourceData must be a boolean.", "InvalidRequest")
-        certificate = None
-        certificate_text = body.get("encryptionCertificate")
-        certificate_id = body.get("encryptionCertificateId")
-        if include or certificate_text is not None:
-            certificate = parse_certificate(certificate_text)
-            if (
-                not isinstance(certificate_id, str)
-                or not certificate_id
-                or len(certificate_id) > CERTIFICATE_ID_MAX
-            ):
-                raise bad_request(
-                    "encryptionCertificateId is required when includeResourceData is true "
-                    f"(at most {CERTIFICATE_ID_MAX} characters)."
-                )
-        tls = body.get("latestSupportedTlsVersion", "v1_2")
-        if tls not in ("v1_0", "v1_1", "v1_2", "v1_3"):
-            raise bad_request(f"Invalid latestSupportedTlsVersion '{tls}'.", "InvalidRequest")
-        url_app_id = body.get("notificationUrlAppId")
-        if url_app_id is not None and not isinstance(url_app_id, str):
-            raise bad_request("notificationUrlAppId must be a string.", "InvalidRequest")
-        self._check_conflict(ctx.app_id, creator)
-        await self._validate_endpoint(notification_url)
-        if lifecycle_url is not None:
-            await self._validate_endpoint(lifecycle_url)
-        self._check_conflict(ctx.app_id, creator)
-        item = Subscription(
-            id=str(uuid.uuid4()),
-            app_id=ctx.app_id,
-            tenant_id=self.entra.tenant_id,
-            creator_id=creator,
-            resource=str(body["resource"]),
-            user_ids=user_ids,
-            change_type="updated",
-            notification_url=notification_url,
-            lifecycle_url=lifecycle_url,
-            expires_at=expires_at,
-            client_state=client_state,
-            include_resource_data=include,
-            encryption_certificate=certificate_text if certificate is not None else None,
-            encryption_certificate_id=certificate_id if certificate is not None else None,
-            certificate=certificate,
-            latest_tls=str(tls),
-            notification_url_app_id=url_app_id,
-            authorized_until=ctx.expires_at,
-        )
-        self.subscriptions.add(item)
-        self._wake_ticker()
-        return GraphResult(201, item.graph_json(with_client_state=True))
-
-    def _check_conflict(self, app_id: str, creator: str) -> None:
-        existing = self.subscriptions.conflict(app_id, creator)
-        if existing is not None:
-            raise GraphError(
-                409,
-                "ExtensionError",
-                f"Subscription Id {existing.id} already exists for the requested combination",
-            )
-
-    def _owned(self, ctx: AccessContext, match: re.Match[str]) -> Subscription:
-        item = self.subscriptions.get(match.group("sid"))
-        now = self.clock.now()
-        visible = (
-            item is not None
-            and item.active(now)
-            and item.app_id == ctx.app_id
-            and (ctx.app_only or item.creator_id == ctx.user_id)
-        )
-        if item is None or not visible:
-            raise GraphError(404, "ResourceNotFound", "The object was not found.")
-        return item
-
-    async def _list_subscriptions(
-        self, call: GraphCall, ctx: AccessContext, _m: re.Match[str]
-    ) -> GraphResult:
-        now = self.clock.now()
-        items = [
-            s
-            for s in self.subscriptions.all()
-            if s.active(now) and s.app_id == ctx.app_id and (ctx.app_only or s.creator_id == ctx.user_id)
-        ]
-        return GraphResult(
-            200,
-            {
-                "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#subscriptions",
-                "value": [_without_context(s.graph_json(with_client_state=False)) for s in items],
-            },
-        )
-
-    async def _get_subscription(
-        self, call: GraphCall, ctx: AccessContext, match: re.Match[str]
-    ) -> GraphResult:
-        return GraphResult(200, self._owned(ctx, match).graph_json(with_client_state=False))
-
-    async def _patch_subscription(
-        self, call: GraphCall, ctx: AccessContext, match: re.Match[str]
-    ) -> GraphResult:
-        item = self._owned(ctx, match)
-        self._require_subscription_auth(ctx, "Update")
-        body = _json_body(call)
-        now = self.clock.now()
-        allowed = {
-            "expirationDateTime",
-            "notificationUrl",
-            "encryptionCertificate",
-            "encryptionCertificateId",
-        }
-        if "lifecycleNotificationUrl" in body:
-            raise bad_request(
-                "lifecycleNotificationUrl cannot be added or changed on an existing subscription; delete and "
-                "recreate it.",
-                "InvalidRequest",
-            )
-        unknown = set(body) - allowed
-        if unknown:
-            raise bad_request(f"Properties {', '.join(sorted(unknown))} cannot be updated.", "InvalidRequest")
-        if not {"expirationDateTime", "notificationUrl"} & set(body):
-            raise bad_request(
-                "The update must contain expirationDateTime or notificationUrl.", "InvalidRequest"
-            )
-        self._check_gap(item.last_reauthorize_at, now, "update")
-        expires_at = (
-            expiration(body["expirationDateTime"], now) if "expirationDateTime" in body else item.expires_at
-        )
-        notification_url = item.notification_url
-        if "notificationUrl" in body:
-            notification_url = https_url(body["notificationUrl"], "notificationUrl")
-            await self._validate_endpoint(notification_url)
-        if "encryptionCertificate" in body or "encryptionCertificateId" in body:
-            certificate = parse_certificate(body.get("encryptionCertificate"))
-            certificate_id = body.get("encryptionCertificateId")
-            if (
-                not isinstance(certificate_id, str)
-                or not certificate_id
-                or len(certificate_id) > CERTIFICATE_ID_MAX
-            ):
-                raise bad_request("encryptionCertificateId is required with encryptionCertificate.")
-            item.certificate = certificate
-            item.encryption_certificate = str(body["encryptionCertificate"])
-            item.encryption_certificate_id = certificate_id
-        item.expires_at = expires_at
-        item.notification_url = notification_url
-        # Lifecycle events (change-notifications-lifecycle-events): renewing also reauthorizes.
-        item.authorized_until = ctx.expires_at
-        item.revoked = False
-        item.last_patch_at = now
-        self._wake_ticker()
-        return GraphResult(200, item.graph_json(with_client_state=False))
-
-    async def _reauthorize_subscription(
-        self, call: GraphCall, ctx: AccessContext, match: re.Match[str]
-    ) -> GraphResult:
-        item = self._owned(ctx, match)
-        self._require_subscription_auth(ctx, "Reauthorize")
-        now = self.clock.now()
-        self._check_gap(item.last_patch_at, now, "reauthorize")
-        item.authorized_until = ctx.expires_at
-        item.revoked = False
-        item.last_reauthorize_at = now
-        self._wake_ticker()
-        return GraphResult(204)
-
-    @staticmethod
-    def _check_gap(other: float | None, now: float, operation: str) -> None:
-        # Lifecycle events: reauthorize and PATCH of one subscription must be 10 minutes apart.
-        if other is not None and now - other < REAUTHORIZE_PATCH_GAP:
-            wait = math.ceil(REAUTHORIZE_PATCH_GAP - (now - other))
-            counterpart = "updated" if operation == "reauthorize" else "reauthorized"
-            raise GraphError(
-                409,
-                "ExtensionError",
-                f"Subscription cannot be {operation}d within 10 minutes of being {counterpart}; "
-                f"retry in {wait} seconds, or send a single PATCH with a new expirationDateTime.",
-                {"Retry-After": str(wait)},
-            )
-
-    async def _delete_subscription(
-        self, call: GraphCall, ctx: AccessContext, match: re.Match[str]
-    ) -> GraphResult:
-        item = self._owned(ctx, match)
-        item.deleted = True
-        return GraphResult(204)
-
     async def batch(self, headers: Mapping[str, str], body: bytes) -> GraphResult:
         """``POST /v1.0/$batch``: at most 20 requests; each item is authorized and throttled alone."""
         now = self.clock.utcnow()
         client_request_id = headers.get("client-request-id")
         try:
-            payload = _json_body(GraphCall("POST", "$batch", {}, headers, body))
+            payload = json_body(GraphCall("POST", "$batch", {}, headers, body))
             requests_ = payload.get("requests")
             if not isinstance(requests_, list) or not requests_:
                 raise bad_request("The batch request must contain a non-empty 'requests' array.")
@@ -1072,10 +763,6 @@ def _graph_response(result: GraphResult, client_request_id: str | None) -> Respo
     if result.body is None:
         return Response(status_code=result.status, headers=headers)
     return JSONResponse(result.body, status_code=result.status, headers=headers)
-
-
-def _without_context(body: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in body.items() if k != "@odata.context"}
 
 
 def _select(item: dict[str, Any], fields: list[str]) -> dict[str, Any]:

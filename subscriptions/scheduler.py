@@ -132,7 +132,11 @@ class Scheduler:
             except (TokenError, AccountBlocked, GraphError) as exc:
                 report.errors.append(str(exc))
         await self._resync(assignment, report, now)
-        metrics.SUBSCRIPTIONS_ACTIVE.set(sum(1 for r in (await self.records.all()).values() if r.id))
+        records = (await self.records.all()).values()
+        retired = await self.renewal.certificates.retire_unused({r.certificate_id for r in records}, now)
+        for certificate_id in retired:
+            log.info("encryption certificate %s retired: no subscription used it for hours", certificate_id)
+        metrics.SUBSCRIPTIONS_ACTIVE.set(sum(1 for r in records if r.id))
         await self._write_status(report)
         return report
 

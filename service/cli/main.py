@@ -430,6 +430,44 @@ def _add_dead_letters(sub: Subparsers) -> None:
     parser.set_defaults(handler=deadletters.run)
 
 
+def _add_rotate(sub: Subparsers) -> None:
+    parser = sub.add_parser(
+        "rotate",
+        help="rotate the notification encryption certificate",
+        description="Replace a key the bridge keeps, without losing a notification.",
+    )
+    what = parser.add_subparsers(dest="rotate_command", required=True, metavar="WHAT")
+    what.add_parser(
+        "certificate",
+        help="make a new encryption certificate current; subscriptions move to it at the next pass",
+        description=(
+            "Create a new encryption certificate for Graph's rich notifications and make it current. "
+            "The scheduler's next pass moves every subscription to it (PATCH, or recreate where Graph "
+            "refuses). The old certificate keeps decrypting notifications until no subscription has "
+            "used it for 5 hours (Graph retries deliveries for up to 4), then it is removed."
+        ),
+    ).set_defaults(handler=_run_rotate_certificate)
+
+
+def _run_rotate_certificate(args: argparse.Namespace) -> int:
+    from service.core.secretbox import SecretBox
+    from service.graph.certificates import CertificateStore
+
+    settings = _settings([CORE])
+
+    async def job(redis: aioredis.Redis) -> int:
+        store = CertificateStore(redis, SecretBox(settings.secret_key))
+        before = await store.current_id()
+        new = await store.rotate()
+        kept = [c for c in await store.ids() if c != new.id]
+        print(f"encryption certificate {new.id} is current (was {before or 'none'})")
+        print(f"kept for notifications in flight: {', '.join(kept) or 'none'}")
+        print("the scheduler's next pass moves every subscription to the new certificate")
+        return EXIT_OK
+
+    return with_redis(settings, job)
+
+
 # -- mapping -----------------------------------------------------------------------------------
 
 
@@ -551,6 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_status(sub)
     _add_explain(sub)
     _add_dead_letters(sub)
+    _add_rotate(sub)
     _add_mapping(sub)
     _add_starface(sub)
     return parser

@@ -27,6 +27,8 @@ SUBSCRIPTION_SECRETS = f"{PREFIX}:{{pb}}:subscription:secrets"
 CERTIFICATES = f"{PREFIX}:{{pb}}:certificates"
 # string: id of the certificate new subscriptions use
 CURRENT_CERTIFICATE = f"{PREFIX}:{{pb}}:certificates:current"
+# hash: certificate id -> since when no subscription uses it (it is removed after a grace period)
+CERTIFICATES_UNUSED_SINCE = f"{PREFIX}:{{pb}}:certificates:unused-since"
 
 
 def observed_presence(user_id: str) -> str:

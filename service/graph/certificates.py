@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import secrets
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -73,6 +74,10 @@ def generate(
 
 def _new_id() -> str:
     return f"pb-{dt.datetime.now(dt.UTC):%Y%m%d%H%M%S}-{secrets.token_hex(4)}"
+
+
+# Graph retries a delivery for up to 4 hours (docs/protocols.md); an hour more for clock skew.
+RETIRE_AFTER_SECONDS = 5 * 3600.0
 
 
 class CertificateStore:
@@ -144,6 +149,30 @@ class CertificateStore:
         if found is None:
             raise LookupError(f"current certificate {winner_id} is missing from {keys.CERTIFICATES}")
         return found
+
+    async def retire_unused(
+        self, in_use: Collection[str], now: float, grace_seconds: float = RETIRE_AFTER_SECONDS
+    ) -> list[str]:
+        """Remove certificates that neither new subscriptions nor any subscription has used for
+        ``grace_seconds``: Graph retries a failed delivery for hours, and such a retry is still
+        encrypted for the certificate its subscription had then.  Returns the removed ids."""
+        keep = set(in_use) | {await self.current_id() or ""}
+        since = {
+            decoded(k): float(decoded(v))
+            for k, v in (await self.redis.hgetall(keys.CERTIFICATES_UNUSED_SINCE)).items()
+        }
+        removed = []
+        for certificate_id in await self.ids():
+            if certificate_id in keep:
+                if certificate_id in since:
+                    await self.redis.hdel(keys.CERTIFICATES_UNUSED_SINCE, certificate_id)
+            elif certificate_id not in since:
+                await self.redis.hset(keys.CERTIFICATES_UNUSED_SINCE, certificate_id, repr(now))
+            elif now - since[certificate_id] >= grace_seconds:
+                await self.remove(certificate_id)
+                await self.redis.hdel(keys.CERTIFICATES_UNUSED_SINCE, certificate_id)
+                removed.append(certificate_id)
+        return removed
 
     async def ids(self) -> list[str]:
         return sorted(decoded(k) for k in await self.redis.hkeys(keys.CERTIFICATES))

@@ -104,6 +104,7 @@ TOP_LEVEL = (
     "status",
     "explain",
     "dead-letters",
+    "rotate",
     "mapping",
     "starface",
 )

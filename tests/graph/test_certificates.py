@@ -46,3 +46,31 @@ async def test_rotation_keeps_the_old_certificate(redis_client: aioredis.Redis) 
         await store.remove(new.id)
     await store.remove(old.id)
     assert await CertificateStore(redis_client, SecretBox(SECRET_KEY)).get(old.id) is None
+
+
+async def test_a_retired_certificate_goes_only_after_no_subscription_used_it_for_the_grace(
+    redis_client: aioredis.Redis,
+) -> None:
+    store = CertificateStore(redis_client, SecretBox(SECRET_KEY))
+    old = await store.current()
+    new = await store.rotate()
+    # A subscription still holds the old one: it stays whatever the time.
+    assert await store.retire_unused({old.id}, now=1000.0, grace_seconds=60) == []
+    assert await store.retire_unused({old.id}, now=9999.0, grace_seconds=60) == []
+    # Every subscription moved: the old one keeps decrypting late retries for the grace period.
+    assert await store.retire_unused({new.id}, now=10_000.0, grace_seconds=60) == []
+    assert await store.retire_unused({new.id}, now=10_059.0, grace_seconds=60) == []
+    assert await store.get(old.id) is not None
+    assert await store.retire_unused({new.id}, now=10_060.0, grace_seconds=60) == [old.id]
+    assert await CertificateStore(redis_client, SecretBox(SECRET_KEY)).get(old.id) is None
+    assert await store.ids() == [new.id]  # the current one is never retired
+
+
+async def test_a_certificate_in_use_again_restarts_its_grace(redis_client: aioredis.Redis) -> None:
+    store = CertificateStore(redis_client, SecretBox(SECRET_KEY))
+    old = await store.current()
+    await store.rotate()
+    await store.retire_unused(set(), now=0.0, grace_seconds=60)
+    await store.retire_unused({old.id}, now=30.0, grace_seconds=60)  # a subscription went back to it
+    assert await store.retire_unused(set(), now=70.0, grace_seconds=60) == []
+    assert await store.retire_unused(set(), now=130.0, grace_seconds=60) == [old.id]

@@ -57,17 +57,65 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(event, ensure_ascii=False)
 
 
+class TracebackSampler(logging.Filter):
+    """Keeps at most one traceback per kind (logger and exception type) per ``window`` seconds.
+
+    A bad request must be counted, not traced: a flood of them would otherwise write kilobytes of
+    traceback each.  The record itself stays, with the exception's type in place of its traceback.
+    """
+
+    def __init__(self, window: float = 60.0, clock: Any = time.monotonic) -> None:
+        super().__init__()
+        self.window = window
+        self.clock = clock
+        self._last: dict[tuple[str, str], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info or record.exc_info[0] is None:
+            return True
+        kind = (record.name, record.exc_info[0].__qualname__)
+        now = self.clock()
+        last = self._last.get(kind)
+        if last is not None and now - last < self.window:
+            record.msg = f"{record.getMessage()} ({kind[1]}; traceback sampled)"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        else:
+            if len(self._last) > 1024:
+                self._last.clear()
+            self._last[kind] = now
+        return True
+
+
+_UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+
+
+def _route_uvicorn_to_root() -> None:
+    """uvicorn's ``Config`` applies its default ``LOGGING_CONFIG`` (plain-text handlers, no
+    propagation) each time one is built, after ``setup``; rewriting that default in place makes every
+    later ``Config`` leave its loggers to the root handler."""
+    try:
+        from uvicorn.config import LOGGING_CONFIG
+    except ImportError:  # pragma: no cover - uvicorn is a dependency
+        return
+    LOGGING_CONFIG["handlers"] = {}
+    LOGGING_CONFIG["loggers"] = {name: {"handlers": [], "propagate": True} for name in _UVICORN_LOGGERS}
+
+
 def setup(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(TracebackSampler())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     # uvicorn's own loggers go through the same handler, as JSON.
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    for name in _UVICORN_LOGGERS:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    _route_uvicorn_to_root()
 
 
 class RequestIdMiddleware:

@@ -50,14 +50,11 @@ from service.sandbox.entra import (
 )
 from service.sandbox.entra_routes import entra_routes
 from service.sandbox.graph_calls import GraphCall, GraphResult, GraphRoute, Handler, json_body, require
-from service.sandbox.graph_control import FaultBook, control_routes, session_duration
+from service.sandbox.graph_control import FaultBook, control_routes
 from service.sandbox.graph_delivery import Notifier, PendingItem, read_capped
+from service.sandbox.graph_presence import PresenceEndpoints
 from service.sandbox.graph_subscriptions import SubscriptionEndpoints
 from service.sandbox.graphstate import (
-    PREFERRED_COMBINATIONS,
-    PRESENCE_MAX_IDS,
-    SESSION_DEFAULT,
-    SET_PRESENCE_COMBINATIONS,
     GraphError,
     PresenceBook,
     RateLimiter,
@@ -65,8 +62,6 @@ from service.sandbox.graphstate import (
     SubscriptionBook,
     bad_request,
     format_datetime,
-    normalize_ids,
-    parse_duration,
 )
 from service.sandbox.secretfile import write_secret
 from service.sandbox.tls import CertificateAuthority
@@ -151,6 +146,7 @@ class GraphSandbox:
         self.ca = CertificateAuthority("presence-bridge Graph sandbox CA")
         self.ca_file = self.ca.write_ca(state_dir / "ca.crt")
         self.subscription_endpoints = SubscriptionEndpoints(self)
+        self.presence_endpoints = PresenceEndpoints(self)
         self._routes = self._graph_routes()
         self._ticker: asyncio.Task[None] | None = None
         self.app = self._build_app()
@@ -361,15 +357,34 @@ class GraphSandbox:
             route("GET", "users", self._list_users),
             route("GET", "me", self._get_user),
             route("GET", user, self._get_user),
-            route("GET", f"{user}/presence", self._get_presence, True),
-            route("GET", "me/presence", self._get_presence, True),
-            route("GET", r"communications/presences/(?P<user>[^/]+)", self._get_presence, True),
-            route("POST", "communications/getPresencesByUserId", self._get_presences_by_id, True),
-            route("POST", f"{user}/presence/setPresence", self._set_presence, True),
-            route("POST", f"{user}/presence/clearPresence", self._clear_presence, True),
-            route("POST", f"{user}/presence/setUserPreferredPresence", self._set_preferred, True),
-            route("POST", f"{user}/presence/clearUserPreferredPresence", self._clear_preferred, True),
-            route("POST", f"{user}/presence/setStatusMessage", self._set_status_message, True),
+            route("GET", f"{user}/presence", self.presence_endpoints.get_presence, True),
+            route("GET", "me/presence", self.presence_endpoints.get_presence, True),
+            route(
+                "GET", r"communications/presences/(?P<user>[^/]+)", self.presence_endpoints.get_presence, True
+            ),
+            route(
+                "POST",
+                "communications/getPresencesByUserId",
+                self.presence_endpoints.get_presences_by_id,
+                True,
+            ),
+            route("POST", f"{user}/presence/setPresence", self.presence_endpoints.set_presence, True),
+            route("POST", f"{user}/presence/clearPresence", self.presence_endpoints.clear_presence, True),
+            route(
+                "POST",
+                f"{user}/presence/setUserPreferredPresence",
+                self.presence_endpoints.set_preferred,
+                True,
+            ),
+            route(
+                "POST",
+                f"{user}/presence/clearUserPreferredPresence",
+                self.presence_endpoints.clear_preferred,
+                True,
+            ),
+            route(
+                "POST", f"{user}/presence/setStatusMessage", self.presence_endpoints.set_status_message, True
+            ),
             route("POST", "subscriptions", self.subscription_endpoints.create_subscription),
             route("GET", "subscriptions", self.subscription_endpoints.list_subscriptions),
             route("GET", r"subscriptions/(?P<sid>[^/]+)", self.subscription_endpoints.get_subscription),
@@ -490,130 +505,6 @@ class GraphSandbox:
         return GraphResult(200, body)
 
     # presence reads
-
-    def _require_presence_read(self, ctx: AccessContext, user_id: str | None) -> None:
-        delegated = {"Presence.Read.All"}
-        if user_id is not None and user_id == ctx.user_id:
-            delegated.add("Presence.Read")
-        require(ctx, {"Presence.Read.All", "Presence.ReadWrite.All"}, delegated)
-
-    async def _get_presence(self, call: GraphCall, ctx: AccessContext, match: re.Match[str]) -> GraphResult:
-        account = self._account(ctx, match)
-        self._require_presence_read(ctx, account.id)
-        body = {
-            "@odata.context": f"https://graph.microsoft.com/v1.0/$metadata#users('{account.id}')/presence/$entity"
-        }
-        body.update(self.presence.resource(account.id))
-        return GraphResult(200, body)
-
-    async def _get_presences_by_id(
-        self, call: GraphCall, ctx: AccessContext, _m: re.Match[str]
-    ) -> GraphResult:
-        self._require_presence_read(ctx, None)
-        ids = json_body(call).get("ids")
-        if not isinstance(ids, list) or not ids:
-            raise bad_request("The request body must contain a non-empty 'ids' array.")
-        if len(ids) > PRESENCE_MAX_IDS:
-            raise bad_request(
-                f"The number of ids cannot exceed {PRESENCE_MAX_IDS}; the request has {len(ids)}."
-            )
-        values = [
-            self.presence.resource(user_id)
-            for user_id in dict.fromkeys(normalize_ids(ids))
-            if user_id in self.entra.accounts
-        ]
-        return GraphResult(
-            200,
-            {
-                "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#Collection(presence)",
-                "value": values,
-            },
-        )
-
-    # presence writes
-
-    def _require_presence_write(self, ctx: AccessContext) -> None:
-        require(ctx, {"Presence.ReadWrite.All"}, {"Presence.ReadWrite"})
-
-    async def _set_presence(self, call: GraphCall, ctx: AccessContext, match: re.Match[str]) -> GraphResult:
-        account = self._account(ctx, match)
-        self._require_presence_write(ctx)
-        body = json_body(call)
-        session_id = body.get("sessionId")
-        if not isinstance(session_id, str) or not session_id:
-            raise bad_request("sessionId is required.")
-        if session_id.lower() != ctx.app_id.lower():
-            raise bad_request("The sessionId must be the id of the calling application.")
-        pair = (body.get("availability"), body.get("activity"))
-        if pair not in SET_PRESENCE_COMBINATIONS:
-            raise bad_request(f"The availability/activity combination {pair[0]}/{pair[1]} is not supported.")
-        duration = session_duration(body.get("expirationDuration"), SESSION_DEFAULT)
-        self.presence.set_session(
-            account.id,
-            ctx.app_id,
-            kind="application",
-            availability=str(pair[0]),
-            activity=str(pair[1]),
-            duration=duration,
-            cause=f"setPresence by {ctx.app_id}",
-        )
-        return GraphResult(200)
-
-    async def _clear_presence(self, call: GraphCall, ctx: AccessContext, match: re.Match[str]) -> GraphResult:
-        account = self._account(ctx, match)
-        self._require_presence_write(ctx)
-        session_id = json_body(call).get("sessionId")
-        if not isinstance(session_id, str) or not session_id:
-            raise bad_request("sessionId is required.")
-        if not self.presence.clear_session(account.id, session_id, f"clearPresence by {ctx.app_id}"):
-            raise GraphError(404, "NotFound", f"Presence session '{session_id}' was not found.")
-        return GraphResult(200)
-
-    async def _set_preferred(self, call: GraphCall, ctx: AccessContext, match: re.Match[str]) -> GraphResult:
-        account = self._account(ctx, match)
-        self._require_presence_write(ctx)
-        body = json_body(call)
-        pair = (body.get("availability"), body.get("activity"))
-        if pair not in PREFERRED_COMBINATIONS:
-            raise bad_request(f"The availability/activity combination {pair[0]}/{pair[1]} is not supported.")
-        default = 86400.0 if pair[0] in ("DoNotDisturb", "Busy") else 7 * 86400.0
-        raw = body.get("expirationDuration")
-        duration = default if raw is None else parse_duration(str(raw))
-        if duration <= 0:
-            raise bad_request("expirationDuration must be positive.")
-        self.presence.set_preferred(account.id, str(pair[0]), str(pair[1]), duration)
-        return GraphResult(200)
-
-    async def _clear_preferred(
-        self, call: GraphCall, ctx: AccessContext, match: re.Match[str]
-    ) -> GraphResult:
-        account = self._account(ctx, match)
-        self._require_presence_write(ctx)
-        self.presence.clear_preferred(account.id)
-        return GraphResult(200)
-
-    async def _set_status_message(
-        self, call: GraphCall, ctx: AccessContext, match: re.Match[str]
-    ) -> GraphResult:
-        account = self._account(ctx, match)
-        self._require_presence_write(ctx)
-        status = json_body(call).get("statusMessage")
-        if not isinstance(status, dict) or not isinstance(status.get("message"), dict):
-            raise bad_request("statusMessage.message is required.")
-        content = status["message"].get("content")
-        if not isinstance(content, str):
-            raise bad_request("statusMessage.message.content must be a string.")
-        message: dict[str, Any] = {
-            "message": {"content": content, "contentType": status["message"].get("contentType", "text")},
-            "expiryDateTime": status.get("expiryDateTime"),
-            "publishedDateTime": format_datetime(self.clock.now()),
-        }
-        self.presence.set_status_message(
-            account.id, message if content else None, f"setStatusMessage by {ctx.app_id}"
-        )
-        return GraphResult(200)
-
-    # subscriptions
 
     async def batch(self, headers: Mapping[str, str], body: bytes) -> GraphResult:
         """``POST /v1.0/$batch``: at most 20 requests; each item is authorized and throttled alone."""

@@ -135,32 +135,36 @@ _USER_FIELDS = {
 }
 
 
-def control_routes(ctx: Context) -> list[Route]:
-    pbx = ctx.pbx
+class ControlApi:
+    """``/control``: drive the PBX from tests and demos (bearer = the control token)."""
 
-    async def dispatch(events: list[CallEvent], wait: bool) -> list[dict[str, Any]]:
-        futures = ctx.dispatcher.submit(events)
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.pbx = ctx.pbx
+
+    async def dispatch(self, events: list[CallEvent], wait: bool) -> list[dict[str, Any]]:
+        futures = self.ctx.dispatcher.submit(events)
         if not wait or not futures:
             return []
         done: list[Delivery] = await asyncio.gather(*futures)
         return [d.view() for d in done]
 
-    async def info(_: Request, __: _Body) -> Any:
-        return {**ctx.info, "namespace": pbx.namespace, "sessionTimeout": pbx.session_timeout}
+    async def info(self, _: Request, __: _Body) -> Any:
+        return {**self.ctx.info, "namespace": self.pbx.namespace, "sessionTimeout": self.pbx.session_timeout}
 
-    async def state(_: Request, __: _Body) -> Any:
+    async def state(self, _: Request, __: _Body) -> Any:
         return {
-            "now": pbx.clock.now(),
-            "faults": ctx.faults.view(),
-            "users": [_user_view(pbx, u) for u in pbx.users()],
-            "groups": [_group_view(pbx, g.id) for g in pbx.groups()],
-            "calls": [c.view() for c in pbx.calls()],
-            "sessionDrops": [d.view() for d in pbx.session_drops()],
+            "now": self.pbx.clock.now(),
+            "faults": self.ctx.faults.view(),
+            "users": [_user_view(self.pbx, u) for u in self.pbx.users()],
+            "groups": [_group_view(self.pbx, g.id) for g in self.pbx.groups()],
+            "calls": [c.view() for c in self.pbx.calls()],
+            "sessionDrops": [d.view() for d in self.pbx.session_drops()],
         }
 
-    async def add_user(_: Request, body: _Body) -> Any:
+    async def add_user(self, _: Request, body: _Body) -> Any:
         login = body.text("login")
-        user = pbx.add_user(
+        user = self.pbx.add_user(
             login,
             body.text("password"),
             email=body.text("email", f"{login}@example.com"),
@@ -169,78 +173,78 @@ def control_routes(ctx: Context) -> list[Route]:
             number=body.text("number", login),
             oauth_allowed=body.flag("oauthAllowed", False),
         )
-        return _user_view(pbx, user)
+        return _user_view(self.pbx, user)
 
-    async def list_users(_: Request, __: _Body) -> Any:
-        return [_user_view(pbx, u) for u in pbx.users()]
+    async def list_users(self, _: Request, __: _Body) -> Any:
+        return [_user_view(self.pbx, u) for u in self.pbx.users()]
 
-    async def get_user(request: Request, _: _Body) -> Any:
-        return _user_view(pbx, pbx.user(request.path_params["login"]))
+    async def get_user(self, request: Request, _: _Body) -> Any:
+        return _user_view(self.pbx, self.pbx.user(request.path_params["login"]))
 
-    async def patch_user(request: Request, body: _Body) -> Any:
+    async def patch_user(self, request: Request, body: _Body) -> Any:
         unknown = set(body.data) - set(_USER_FIELDS)
         if unknown:
             raise InvalidInput(sorted(unknown)[0], "cannot be changed")
         changes = {_USER_FIELDS[k]: v for k, v in body.data.items()}
-        return _user_view(pbx, pbx.update_user(request.path_params["login"], changes))
+        return _user_view(self.pbx, self.pbx.update_user(request.path_params["login"], changes))
 
-    async def delete_user(request: Request, _: _Body) -> Any:
-        pbx.remove_user(request.path_params["login"])
+    async def delete_user(self, request: Request, _: _Body) -> Any:
+        self.pbx.remove_user(request.path_params["login"])
 
-    async def set_dnd(request: Request, body: _Body) -> Any:
+    async def set_dnd(self, request: Request, body: _Body) -> Any:
         login = request.path_params["login"]
-        pbx.set_dnd(login, body.flag("enabled", False), "phone", None)
-        return _user_view(pbx, pbx.user(login))
+        self.pbx.set_dnd(login, body.flag("enabled", False), "phone", None)
+        return _user_view(self.pbx, self.pbx.user(login))
 
-    async def set_text(request: Request, body: _Body) -> Any:
+    async def set_text(self, request: Request, body: _Body) -> Any:
         login = request.path_params["login"]
-        pbx.set_status_text(login, body.text("text"), "phone", None)
-        return _user_view(pbx, pbx.user(login))
+        self.pbx.set_status_text(login, body.text("text"), "phone", None)
+        return _user_view(self.pbx, self.pbx.user(login))
 
-    async def history(request: Request, _: _Body) -> Any:
+    async def history(self, request: Request, _: _Body) -> Any:
         login = request.path_params["login"]
         return {
-            "dnd": [e.view() for e in pbx.dnd_history(login)],
-            "statusText": [e.view() for e in pbx.text_history(login)],
+            "dnd": [e.view() for e in self.pbx.dnd_history(login)],
+            "statusText": [e.view() for e in self.pbx.text_history(login)],
         }
 
-    async def get_session(request: Request, _: _Body) -> Any:
+    async def get_session(self, request: Request, _: _Body) -> Any:
         login = request.path_params["login"]
-        pbx.user(login)
-        session = pbx.session(login)
+        self.pbx.user(login)
+        session = self.pbx.session(login)
         if session is None:
             raise NotFound("session of user", login)
         return session.view()
 
-    async def drop_session(request: Request, _: _Body) -> Any:
-        if not pbx.drop_session(request.path_params["login"]):
+    async def drop_session(self, request: Request, _: _Body) -> Any:
+        if not self.pbx.drop_session(request.path_params["login"]):
             raise NotFound("session of user", request.path_params["login"])
 
-    async def add_group(_: Request, body: _Body) -> Any:
-        group = pbx.add_group(
+    async def add_group(self, _: Request, body: _Body) -> Any:
+        group = self.pbx.add_group(
             body.text("name"),
             body.logins("members"),
             internal_number=body.text("internalNumber", ""),
             external_number=body.text("externalNumber", ""),
         )
-        return _group_view(pbx, group.id)
+        return _group_view(self.pbx, group.id)
 
-    async def list_groups(_: Request, __: _Body) -> Any:
-        return [_group_view(pbx, g.id) for g in pbx.groups()]
+    async def list_groups(self, _: Request, __: _Body) -> Any:
+        return [_group_view(self.pbx, g.id) for g in self.pbx.groups()]
 
-    async def set_members(request: Request, body: _Body) -> Any:
-        group = pbx.set_group_members(request.path_params["groupId"], body.logins("members"))
-        return _group_view(pbx, group.id)
+    async def set_members(self, request: Request, body: _Body) -> Any:
+        group = self.pbx.set_group_members(request.path_params["groupId"], body.logins("members"))
+        return _group_view(self.pbx, group.id)
 
-    async def delete_group(request: Request, _: _Body) -> Any:
-        pbx.remove_group(request.path_params["groupId"])
+    async def delete_group(self, request: Request, _: _Body) -> Any:
+        self.pbx.remove_group(request.path_params["groupId"])
 
-    async def place_call(_: Request, body: _Body) -> Any:
+    async def place_call(self, _: Request, body: _Body) -> Any:
         direction = body.text("direction", "incoming")
         if direction not in ("incoming", "outgoing"):
             raise InvalidInput("direction", "must be incoming or outgoing")
         typed: CallDirection = "incoming" if direction == "incoming" else "outgoing"
-        call, events = pbx.place_call(
+        call, events = self.pbx.place_call(
             body.text("login"),
             direction=typed,
             remote_number=body.text("remoteNumber", "+4971112345678"),
@@ -249,91 +253,98 @@ def control_routes(ctx: Context) -> list[Route]:
             sparse_first=body.flag("sparseFirst", typed == "incoming"),
             empty_first_state=body.flag("emptyFirstState", False),
         )
-        return {**call.view(), "deliveries": await dispatch(events, body.flag("wait", True))}
+        return {**call.view(), "deliveries": await self.dispatch(events, body.flag("wait", True))}
 
-    async def answer(request: Request, body: _Body) -> Any:
-        call, events = pbx.answer_call(request.path_params["callId"])
-        return {**call.view(), "deliveries": await dispatch(events, body.flag("wait", True))}
+    async def answer(self, request: Request, body: _Body) -> Any:
+        call, events = self.pbx.answer_call(request.path_params["callId"])
+        return {**call.view(), "deliveries": await self.dispatch(events, body.flag("wait", True))}
 
-    async def hangup(request: Request, body: _Body) -> Any:
-        call, events = pbx.hangup_call(request.path_params["callId"])
-        return {**call.view(), "deliveries": await dispatch(events, body.flag("wait", True))}
+    async def hangup(self, request: Request, body: _Body) -> Any:
+        call, events = self.pbx.hangup_call(request.path_params["callId"])
+        return {**call.view(), "deliveries": await self.dispatch(events, body.flag("wait", True))}
 
-    async def list_calls(_: Request, __: _Body) -> Any:
-        return {"active": [c.view() for c in pbx.calls()], "ended": [c.view() for c in pbx.ended_calls()]}
+    async def list_calls(self, _: Request, __: _Body) -> Any:
+        return {
+            "active": [c.view() for c in self.pbx.calls()],
+            "ended": [c.view() for c in self.pbx.ended_calls()],
+        }
 
-    async def deliveries(request: Request, _: _Body) -> Any:
+    async def deliveries(self, request: Request, _: _Body) -> Any:
         login = request.query_params.get("login")
         since = request.query_params.get("since", "0")
         after = int(since) if since.isdigit() else 0
         return [
             d.view()
-            for d in ctx.dispatcher.deliveries
+            for d in self.ctx.dispatcher.deliveries
             if d.seq > after and (login is None or d.login == login)
         ]
 
-    async def get_faults(_: Request, __: _Body) -> Any:
-        return ctx.faults.view()
+    async def get_faults(self, _: Request, __: _Body) -> Any:
+        return self.ctx.faults.view()
 
-    async def put_faults(_: Request, body: _Body) -> Any:
-        down = body.text("down", ctx.faults.down)
+    async def put_faults(self, _: Request, body: _Body) -> Any:
+        down = body.text("down", self.ctx.faults.down)
         if down not in DOWN_MODES:
             raise InvalidInput("down", f"must be one of {', '.join(DOWN_MODES)}")
-        errors = body.number("errors", ctx.faults.errors)
-        ctx.faults.slow_seconds = body.number("slowSeconds", ctx.faults.slow_seconds)
-        ctx.faults.errors = int(errors)
-        await _apply_down(ctx, down)
-        return ctx.faults.view()
+        errors = body.number("errors", self.ctx.faults.errors)
+        self.ctx.faults.slow_seconds = body.number("slowSeconds", self.ctx.faults.slow_seconds)
+        self.ctx.faults.errors = int(errors)
+        await _apply_down(self.ctx, down)
+        return self.ctx.faults.view()
 
-    async def clear_faults(_: Request, __: _Body) -> Any:
-        ctx.faults.slow_seconds = 0.0
-        ctx.faults.errors = 0
-        await _apply_down(ctx, "none")
-        return ctx.faults.view()
+    async def clear_faults(self, _: Request, __: _Body) -> Any:
+        self.ctx.faults.slow_seconds = 0.0
+        self.ctx.faults.errors = 0
+        await _apply_down(self.ctx, "none")
+        return self.ctx.faults.view()
 
-    async def restart(_: Request, __: _Body) -> Any:
-        pbx.restart()
-        return {"sessionDrops": [d.view() for d in pbx.session_drops()]}
+    async def restart(self, _: Request, __: _Body) -> Any:
+        self.pbx.restart()
+        return {"sessionDrops": [d.view() for d in self.pbx.session_drops()]}
 
-    async def get_clock(_: Request, __: _Body) -> Any:
-        return {"now": pbx.clock.now(), "offset": pbx.clock.offset}
+    async def get_clock(self, _: Request, __: _Body) -> Any:
+        return {"now": self.pbx.clock.now(), "offset": self.pbx.clock.offset}
 
-    async def advance(_: Request, body: _Body) -> Any:
-        now = pbx.clock.advance(body.number("seconds", 0.0))
-        return {"now": now, "offset": pbx.clock.offset}
+    async def advance(self, _: Request, body: _Body) -> Any:
+        now = self.pbx.clock.advance(body.number("seconds", 0.0))
+        return {"now": now, "offset": self.pbx.clock.offset}
+
+
+def control_routes(ctx: Context) -> list[Route]:
+    api = ControlApi(ctx)
 
     def route(path: str, handler: Handler, method: str, status: int = 200) -> Route:
         return Route(path, _control(ctx, handler, status), methods=[method])
 
     user = "/control/users/{login}"
     return [
-        route("/control", info, "GET"),
-        route("/control/state", state, "GET"),
-        route("/control/users", add_user, "POST", 201),
-        route("/control/users", list_users, "GET"),
-        route(user, get_user, "GET"),
-        route(user, patch_user, "PATCH"),
-        route(user, delete_user, "DELETE"),
-        route(f"{user}/dnd", set_dnd, "PUT"),
-        route(f"{user}/status-text", set_text, "PUT"),
-        route(f"{user}/history", history, "GET"),
-        route(f"{user}/session", get_session, "GET"),
-        route(f"{user}/session", drop_session, "DELETE"),
-        route("/control/groups", add_group, "POST", 201),
-        route("/control/groups", list_groups, "GET"),
-        route("/control/groups/{groupId:int}/members", set_members, "PUT"),
-        route("/control/groups/{groupId:int}", delete_group, "DELETE"),
-        route("/control/calls", place_call, "POST", 201),
-        route("/control/calls", list_calls, "GET"),
-        route("/control/calls/{callId}/answer", answer, "POST"),
-        route("/control/calls/{callId}/hangup", hangup, "POST"),
-        route("/control/deliveries", deliveries, "GET"),
-        route("/control/faults", get_faults, "GET"),
-        route("/control/faults", put_faults, "PUT"),
-        route("/control/faults", clear_faults, "DELETE"),
-        route("/control/restart", restart, "POST"),
-        route("/control/clock", get_clock, "GET"),
-        route("/control/clock/advance", advance, "POST"),
+        route("/control", api.info, "GET"),
+        route("/control/state", api.state, "GET"),
+        route("/control/users", api.add_user, "POST", 201),
+        route("/control/users", api.list_users, "GET"),
+        route(user, api.get_user, "GET"),
+        route(user, api.patch_user, "PATCH"),
+        route(user, api.delete_user, "DELETE"),
+        route(f"{user}/dnd", api.set_dnd, "PUT"),
+        route(f"{user}/status-text", api.set_text, "PUT"),
+        route(f"{user}/history", api.history, "GET"),
+        route(f"{user}/session", api.get_session, "GET"),
+        route(f"{user}/session", api.drop_session, "DELETE"),
+        route("/control/groups", api.add_group, "POST", 201),
+        route("/control/groups", api.list_groups, "GET"),
+        route("/control/groups/{groupId:int}/members", api.set_members, "PUT"),
+        route("/control/groups/{groupId:int}", api.delete_group, "DELETE"),
+        route("/control/calls", api.place_call, "POST", 201),
+        route("/control/calls", api.list_calls, "GET"),
+        route("/control/calls/{callId}/answer", api.answer, "POST"),
+        route("/control/calls/{callId}/hangup", api.hangup, "POST"),
+        route("/control/deliveries", api.deliveries, "GET"),
+        route("/control/faults", api.get_faults, "GET"),
+        route("/control/faults", api.put_faults, "PUT"),
+        route("/control/faults", api.clear_faults, "DELETE"),
+        route("/control/restart", api.restart, "POST"),
+        route("/control/clock", api.get_clock, "GET"),
+        route("/control/clock/advance", api.advance, "POST"),
     ]
 
 

@@ -109,7 +109,8 @@ def _rest(
     return endpoint
 
 
-def _rest_routes(ctx: Context) -> list[Route]:
+def _rest_login_routes(ctx: Context) -> list[Route]:
+    """``/rest/login``: the legacy nonce login and logout (docs/starface-wire.md, REST)."""
     pbx = ctx.pbx
 
     async def login_template(request: Request) -> Response:
@@ -143,6 +144,16 @@ def _rest_routes(ctx: Context) -> list[Route]:
         if token:
             pbx.rest_logout(token)
         return Response(status_code=204)
+
+    return [
+        Route("/rest/login", login_template, methods=["GET"]),
+        Route("/rest/login", login, methods=["POST"]),
+        Route("/rest/login", logout, methods=["DELETE"]),
+    ]
+
+
+def _rest_routes(ctx: Context) -> list[Route]:
+    pbx = ctx.pbx
 
     def users(request: Request, _: User) -> Response:
         search = request.query_params.get("searchTerm", "")
@@ -224,9 +235,7 @@ def _rest_routes(ctx: Context) -> list[Route]:
         return JSONResponse({"version": SANDBOX_VERSION})
 
     return [
-        Route("/rest/login", login_template, methods=["GET"]),
-        Route("/rest/login", login, methods=["POST"]),
-        Route("/rest/login", logout, methods=["DELETE"]),
+        *_rest_login_routes(ctx),
         Route("/rest/users", _rest(ctx, users), methods=["GET"]),
         Route("/rest/users/me", _rest(ctx, me), methods=["GET"]),
         Route("/rest/users/{userId:int}", _rest(ctx, one_user), methods=["GET"]),

@@ -42,7 +42,7 @@ class CallEvent:
         call_id = struct.get("id")
         if not isinstance(call_id, str) or not call_id:
             raise CallFormatError("call state without id")
-        state = struct.get("state", "")
+        state = struct.get("state") or ""  # Java servers send an absent value as <nil/>
         if not isinstance(state, str):
             raise CallFormatError("call state with a non-text state")
         return cls(

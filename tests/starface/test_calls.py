@@ -99,3 +99,7 @@ def test_event_time_accepts_the_forms_a_pbx_may_send(value: Any, expected: float
 )
 def test_event_time_of_a_huge_or_odd_value_is_none_never_an_overflow(value: Any) -> None:
     assert event_time(value) is None
+
+
+def test_a_nil_state_reads_as_empty() -> None:
+    assert CallEvent.from_call_state("0001", {"id": "c", "state": None}).state == ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -336,3 +337,25 @@ def test_token_digest_is_not_the_token() -> None:
     digest = callback_tokens.token_digest(TOKEN)
     assert TOKEN not in digest
     assert len(digest) == 64
+
+
+async def test_a_client_leaving_mid_body_leaves_no_traceback(
+    base: str, registered: str, redis_client: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    uvicorn_error.addHandler(caplog.handler)
+    try:
+        host, port = base.removeprefix("http://").split(":")
+        _reader, writer = await asyncio.open_connection(host, int(port))
+        path = callback_tokens.callback_path(TOKEN)
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n<methodCall>".encode())
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.sleep(0.3)
+    finally:
+        uvicorn_error.removeHandler(caplog.handler)
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+    assert await redis_client.xlen(keys.CALL_STREAM) == 0

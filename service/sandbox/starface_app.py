@@ -22,14 +22,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.sandbox.starface_context import Context as Context
 from service.sandbox.starface_context import Faults, error_response
 from service.sandbox.starface_control import control_routes
-from service.sandbox.starface_model import (
+from service.sandbox.starface_model import Pbx
+from service.sandbox.starface_records import (
     AuthenticationFailed,
     Callback,
     InvalidInput,
     NotFound,
     NotLoggedIn,
     OAuthError,
-    Pbx,
     User,
 )
 from service.starface import protocol as sp

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from service.sandbox.clock import Clock
-from service.sandbox.starface_model import CallEvent
+from service.sandbox.starface_records import CallEvent
 from service.starface.xmlrpc import Fault, XmlRpcError, dumps_call, parse_response
 
 DELIVERY_TIMEOUT_SECONDS = 5.0

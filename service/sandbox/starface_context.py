@@ -9,9 +9,7 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 from service.sandbox.starface_callbacks import Dispatcher
-from service.sandbox.starface_model import (
-    Pbx,
-)
+from service.sandbox.starface_model import Pbx
 
 
 @dataclass

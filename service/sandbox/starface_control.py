@@ -14,14 +14,14 @@ from starlette.routing import Route
 
 from service.sandbox.starface_callbacks import Delivery
 from service.sandbox.starface_context import Context, error_response
-from service.sandbox.starface_model import (
+from service.sandbox.starface_model import Pbx
+from service.sandbox.starface_records import (
     CallDirection,
     CallEvent,
     CallTransitionError,
     Conflict,
     InvalidInput,
     NotFound,
-    Pbx,
     User,
 )
 from service.web.body import BodyTooLarge, read_bounded

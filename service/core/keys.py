@@ -63,6 +63,11 @@ UCI_CALLBACK_TOKENS = f"{PREFIX}:{{pb}}:uci:callback:tokens"
 UCI_CALLBACK_REFUSED = f"{PREFIX}:{{pb}}:uci:callback:refused"
 
 
+def uci_refused_logins(login: str) -> str:
+    """Zset: when STARFACE refused this login's password in the last hour (member = score = time)."""
+    return f"{PREFIX}:{{pb}}:uci:refused-logins:{login}"
+
+
 # -- subscriptions (tokens, shards, lease, resync) ----------------------------------------------
 # (section owned by the subscriptions package; add its keys below this line)
 # string: holder token of the scheduler lease (SET NX PX; released by compare-and-delete)

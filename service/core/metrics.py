@@ -71,6 +71,10 @@ RECONCILE_FAILURES = Counter(
     "presence_bridge_reconcile_failures_total", "Reconcile actions that failed and will be retried", ["side"]
 )
 
+STARFACE_LOGINS_REFUSED = Counter(
+    "presence_bridge_starface_logins_refused_total",
+    "UCI logins whose password STARFACE refused (each may count towards an account lock-out)",
+)
 GRAPH_THROTTLED = Counter(
     "presence_bridge_graph_retries_total",
     "Graph answers (429/502/503/504) that were waited out and retried",

@@ -69,6 +69,8 @@ class CredentialStore:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.STARFACE_CREDENTIALS, mapping=sealed)  # type: ignore[arg-type]
             pipe.zadd(keys.UCI_DUE, dict.fromkeys(passwords, now_ms), xx=True)
+            # A new password deserves a try at once, whatever the old one's refusals were.
+            pipe.delete(*(keys.uci_refused_logins(login) for login in passwords))
             await pipe.execute()
 
     async def get(self, login: str) -> str | None:

@@ -46,9 +46,10 @@ class LoginRefused(GatewayError):
 class SessionExpired(GatewayError):
     """The PBX no longer knows the UCI session of ``login``; a new login is needed."""
 
-    def __init__(self, login: str, fault_code: int | None = None) -> None:
+    def __init__(self, login: str, fault_code: int | None = None, fault_text: str = "") -> None:
         self.login = login
         self.fault_code = fault_code
+        self.fault_text = fault_text
         super().__init__(f"STARFACE dropped the UCI session of login {login!r}")
 
 

@@ -35,7 +35,7 @@ import aiohttp
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from service.core import keys
+from service.core import keys, metrics
 from service.core.secretbox import SealError, SecretBox
 from service.core.settings import Settings
 from service.core.storage import decoded
@@ -106,6 +106,8 @@ class SessionStatus:
 
     def describe(self) -> str:
         """One line for ``status``; the detail names the login and the reason, never a secret."""
+        if self.state == FAILED and self.error == KIND_LOGIN_REFUSED:
+            return f"login {self.login}: STARFACE refused the password ({self.detail})"
         if self.state == FAILED:
             return f"login {self.login}: {self.error} ({self.detail})"
         return f"login {self.login}: {self.state}"
@@ -152,6 +154,8 @@ class SessionManager:
         token_clock: Callable[[], float] = time.monotonic,
         lease_seconds: float = 60.0,
         retry_seconds: float = 300.0,
+        refused_retry_seconds: float = 600.0,
+        max_refused_per_hour: int = 3,
         batch: int = 200,
         concurrency: int = 50,
     ) -> None:
@@ -173,6 +177,10 @@ class SessionManager:
         # A refused login is retried slowly: hammering a PBX with a wrong password can lock the
         # account.  Storing new credentials wakes the session at once (CredentialStore.put_many).
         self.retry = retry_seconds
+        # STARFACE locks an account after repeated failed logins, so a refused password is tried
+        # again no sooner than this, and never more often than this per hour, by any replica.
+        self.refused_retry = refused_retry_seconds
+        self.max_refused_per_hour = max_refused_per_hour
         self.batch = batch
         self._limit = asyncio.Semaphore(concurrency)
         self._claim = redis.register_script(_CLAIM)
@@ -249,17 +257,19 @@ class SessionManager:
         try:
             client = await self._client(login)
             if previous is None or previous.state != ACTIVE:
-                await self._login(login, client)
+                await self._login(login, client, now)
                 return now + self.keepalive, "login", self._ok(login, now, previous)
             if await client.keep_alive():
                 return now + self.keepalive, "keepalive", self._ok(login, now, previous)
-            await self._login(login, client)
+            await self._login(login, client, now)
             return now + self.keepalive, "relogin", self._ok(login, now, previous)
         except GatewayError as exc:
             kind = _kind(exc)
             log.warning("UCI session of login %s: %s", login, exc)
             # An unreachable PBX is worth retrying at the normal pace; refused credentials are not.
-            wait = self.keepalive if kind == KIND_UNAVAILABLE else self.retry
+            wait = {KIND_UNAVAILABLE: self.keepalive, KIND_LOGIN_REFUSED: self.refused_retry}.get(
+                kind, self.retry
+            )
             return now + wait, kind, self._failed(login, now, kind, exc, previous)
 
     def _ok(self, login: str, now: float, previous: SessionStatus | None) -> SessionStatus:
@@ -335,10 +345,43 @@ class SessionManager:
         self._clients[login] = (fingerprint, client)
         return client
 
-    async def _login(self, login: str, client: UciClient) -> None:
+    async def _login(self, login: str, client: UciClient, now: float) -> None:
+        await self._refuse_if_locked_out(login, now)
         token = await self._callback_token(login)
-        await client.login(CallbackTarget.from_base_url(self.callback_base_url, callback_path(token)))
+        try:
+            await client.login(CallbackTarget.from_base_url(self.callback_base_url, callback_path(token)))
+        except LoginRefused:
+            key = keys.uci_refused_logins(login)
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zadd(key, {repr(now): now})
+                pipe.expire(key, 3600)
+                await pipe.execute()
+            metrics.STARFACE_LOGINS_REFUSED.inc()
+            raise
+        await self.redis.delete(keys.uci_refused_logins(login))
         log.info("UCI session of login %s logged in", login)
+
+    async def _refuse_if_locked_out(self, login: str, now: float) -> None:
+        """Refuse a login attempt that could lock the account: too soon after a refusal, or too many."""
+        key = keys.uci_refused_logins(login)
+        await self.redis.zremrangebyscore(key, "-inf", now - 3600)
+        recent: Any = await self.redis.zrange(key, 0, -1, withscores=True)
+        if not recent:
+            return
+        last = max(float(score) for _, score in recent)
+        if len(recent) >= self.max_refused_per_hour:
+            until = min(float(score) for _, score in recent) + 3600
+            raise LoginRefused(
+                login,
+                f"STARFACE refused the password {len(recent)} times in the last hour; no new attempt "
+                f"for {max(0, until - now) / 60:.0f} min, or store the right one with "
+                "`presence-bridge starface credentials set`",
+            )
+        if now - last < self.refused_retry:
+            wait_minutes = (last + self.refused_retry - now) / 60
+            raise LoginRefused(
+                login, f"STARFACE refused the password; next attempt in {wait_minutes:.0f} min"
+            )
 
     async def _stored_digest(self, login: str) -> str | None:
         sealed = await self.redis.hget(keys.UCI_CALLBACK_SECRETS, login)
@@ -419,12 +462,12 @@ class SessionManager:
         try:
             client = await self._client(login)
             if previous is None or previous.state != ACTIVE:
-                await self._login(login, client)
+                await self._login(login, client, now)
                 await self._record(self._ok(login, now, previous))
             try:
                 return await action(client)
             except SessionExpired:
-                await self._login(login, client)
+                await self._login(login, client, now)
                 await self._record(self._ok(login, now, previous))
                 return await action(client)
         except (CredentialsMissing, CredentialsUnreadable, LoginRefused) as exc:

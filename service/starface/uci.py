@@ -12,6 +12,7 @@ This class holds no schedule and no Redis state; ``service.starface.sessions`` d
 from __future__ import annotations
 
 import contextlib
+import re
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -98,6 +99,17 @@ class JwtUciAuth:
         return True
 
 
+_AUTHENTICATION_WORDS = re.compile(
+    r"auth|password|passwort|credential|anmeld|login failed|not permitted|access denied|unauthori[sz]ed",
+    re.IGNORECASE,
+)
+
+
+def names_authentication(text: str) -> bool:
+    """Whether a fault's text says the credentials were refused (English or German wording)."""
+    return bool(_AUTHENTICATION_WORDS.search(text or ""))
+
+
 class UciClient:
     def __init__(
         self,
@@ -146,7 +158,7 @@ class UciClient:
             try:
                 return xmlrpc.parse_response(answer, MAX_ANSWER_BYTES)
             except xmlrpc.Fault as fault:
-                raise SessionExpired(self.login_id, fault.code) from None
+                raise SessionExpired(self.login_id, fault.code, fault.message) from None
             except xmlrpc.XmlRpcError as exc:
                 raise StarfaceUnavailable(f"{what}: unreadable answer ({exc.reason})") from None
         raise AssertionError("unreachable")
@@ -156,8 +168,11 @@ class UciClient:
         try:
             ok = await self.call("requests.connection", "login", extra=callback.query() if callback else None)
         except SessionExpired as exc:
-            # Refused credentials are a 401; a fault on login itself means the PBX does not speak
-            # this dialect (typically STARFACE_UCI_NAMESPACE), which no new password would fix.
+            # Whether a wrong password is a 401 or a fault is not documented (docs/starface-wire.md):
+            # a fault whose text speaks of authentication counts as refused credentials, any other
+            # fault on login means the PBX does not speak this dialect (STARFACE_UCI_NAMESPACE).
+            if names_authentication(exc.fault_text):
+                raise LoginRefused(self.login_id, f"login answered fault {exc.fault_code}") from None
             raise StarfaceUnavailable(
                 f"UCI login answered fault {exc.fault_code}; check STARFACE_UCI_NAMESPACE"
             ) from None

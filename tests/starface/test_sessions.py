@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from service.core import keys
+from service.core import keys, metrics
 from service.core.secretbox import SecretBox
 from service.core.settings import Settings
 from service.starface import xmlrpc
@@ -122,12 +122,14 @@ async def test_first_pass_logs_in_everyone_with_credentials_and_reports_the_rest
     lines = [s.describe() for s in await env.manager.statuses()]
     assert lines[0] == "login 0001: active"
     assert lines[2] == "login 0003: credentials_missing (no STARFACE credentials stored for login '0003')"
-    assert lines[3].startswith("login 0004: login_refused (STARFACE refused login '0004'")
+    assert lines[3].startswith("login 0004: STARFACE refused the password (STARFACE refused login '0004'")
 
     assert (await env.manager.run_due(env.t0 + 1)).outcomes == {}  # nothing is due yet
     # keepAlive on schedule; failed logins wait for their slower retry.
     assert (await env.manager.run_due(env.t0 + 30)).outcomes == {"keepalive": 2}
-    assert (await env.manager.run_due(env.t0 + 300)).outcomes == {
+    assert (await env.manager.run_due(env.t0 + 300)).outcomes == {"keepalive": 2, "credentials_missing": 1}
+    # A refused password waits 10 minutes: retrying a wrong password faster can lock the account.
+    assert (await env.manager.run_due(env.t0 + 600)).outcomes == {
         "keepalive": 2,
         "credentials_missing": 1,
         "login_refused": 1,
@@ -317,3 +319,25 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> Non
     while not await asyncio.to_thread(condition):
         assert time.monotonic() < deadline, "condition not reached"
         await asyncio.sleep(0.02)
+
+
+async def test_a_refused_password_is_tried_at_most_three_times_an_hour_then_left_alone(env: Env) -> None:
+    def refused_by_the_pbx() -> float:
+        return float(metrics.STARFACE_LOGINS_REFUSED._value.get())
+
+    before = refused_by_the_pbx()
+    await env.credentials.put_many({"0004": WRONG})
+    await env.manager.sync(["0004"], now=env.t0)
+    for minute in range(0, 60, 1):
+        await env.manager.run_due(env.t0 + minute * 60)
+    assert refused_by_the_pbx() - before == 3  # the PBX saw three wrong passwords in the hour, no more
+    [status] = await env.manager.statuses()
+    assert "STARFACE refused the password 3 times in the last hour" in status.describe()
+    # Writes of the reconciler do not get around the guard either.
+    with pytest.raises(LoginRefused):
+        await env.manager.set_dnd("0004", True)
+    assert refused_by_the_pbx() - before == 3
+    # The right password is tried at once, and it works.
+    await env.credentials.put_many({"0004": PASSWORDS["0004"]})
+    report = await env.manager.run_due(env.t0 + 3601)
+    assert report.outcomes == {"login": 1}

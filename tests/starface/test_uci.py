@@ -174,3 +174,22 @@ async def test_pbx_errors_and_outages_are_unavailable(
     pbx.clear_faults()
     await client.login(CALLBACK)
     assert await client.keep_alive() is True
+
+
+@pytest.mark.parametrize(
+    ("text", "refused"),
+    [
+        ("Authentication failed", True),
+        ("wrong password for user 0001", True),
+        ("Anmeldung fehlgeschlagen", True),
+        ("Invalid credentials", True),
+        ("Access denied", True),
+        ("No such handler: ucp.v30.requests.connection.login", False),
+        ("java.lang.NullPointerException", False),
+        ("", False),
+    ],
+)
+def test_a_login_fault_counts_as_refused_only_when_it_names_authentication(text: str, refused: bool) -> None:
+    from service.starface.uci import names_authentication
+
+    assert names_authentication(text) is refused

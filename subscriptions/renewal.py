@@ -1,6 +1,6 @@
 """Create, renew, roll and recreate one service account's presence subscription.
 
-Graph's rules drive every branch (reference/graph.md §1, §6):
+Graph's rules drive every branch (docs/protocols.md, "Presence subscriptions", "Lifecycle notifications"):
 
 * a subscription lives at most 60 minutes, so it is PATCHed well before expiry, with a stable
   per-subscription jitter; a 404 on PATCH (or on the periodic GET) means it is gone, so it is

@@ -1,4 +1,4 @@
-"""Graph rich-notification content encryption (reference/graph.md §4).
+"""Graph rich-notification content encryption (docs/protocols.md, "Rich notifications").
 
 ``decrypt_content`` is what the webhook runs.  ``encrypt_content`` is what Microsoft Graph runs;
 the Graph sandbox and the tests use it to produce notifications exactly as Graph does.

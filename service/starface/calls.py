@@ -1,7 +1,7 @@
 """The typed STARFACE call event that flows from the UCI callback to the workers.
 
 ``receiveCallState`` carries a struct whose details may be empty in the first events of a call
-(reference/starface.md §2.4); the event keeps them as received and the reconciler decides.
+(docs/protocols.md, "UCI"); the event keeps them as received and the reconciler decides.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Per-user STARFACE passwords: stored sealed in Redis, imported from CSV or set one by one.
 
 UCI acts only on the logged-in user, so the bridge needs every selected user's password
-(reference/starface.md §0, §2.6).  Passwords are sealed with ``SecretBox`` bound to the Redis key
+(docs/protocols.md, "UCI").  Passwords are sealed with ``SecretBox`` bound to the Redis key
 and the login, are never logged, printed or put in an error, and a CSV file is validated whole
 before anything is written, so a bad file never leaves half its rows stored.
 

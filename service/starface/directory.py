@@ -1,7 +1,7 @@
 """The selected STARFACE users, keyed by e-mail for matching with Teams, shared through Redis.
 
 Selection (as the product this replaces offers it): every user, or the members of one STARFACE
-group, plus extra login IDs.  E-mail is the key to Entra (reference/starface.md §1.4), compared
+group, plus extra login IDs.  E-mail is the key to Entra (docs/protocols.md, "REST"), compared
 lower-cased.  Two selected users with one e-mail cannot both be matched, so both are left out and
 the problem names both; a user without e-mail is left out and named.  ``select_users`` is the pure
 rule; ``refresh`` reads the PBX and stores the result for every process; ``run`` repeats that.

@@ -1,7 +1,7 @@
-"""STARFACE protocol constants and the login-secret formulas (reference/starface.md §1.2, §2.1).
+"""STARFACE protocol constants and the login-secret formulas (docs/protocols.md, "REST" and "UCI").
 
 The gateway and the sandbox both read these, so a fact that turns out different on a real PBX
-(marked [INF] in the reference) is changed here once.
+(marked "Inferred:", see docs/protocols.md, "What is not documented") is changed here once.
 """
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ UCI_CALLBACK_HOST = "de.vertico.starface.callback.host"
 UCI_CALLBACK_PORT = "de.vertico.starface.callback.port"
 UCI_CALLBACK_PATH = "de.vertico.starface.callback.path"
 UCI_CALLBACK_TYPE = "de.vertico.starface.callback.type"
-# [INF] STARFACE appears to append the user's login ID to the callback URL (visual4/iahcti).
+# Inferred: STARFACE appears to append the user's login ID to the callback URL (visual4/iahcti).
 UCI_CALLBACK_USER_PARAM = "de.vertico.starface.user"
 
-# [INF] What a PBX answers for a session it does not know; the gateway re-logs in on any fault
+# Inferred: What a PBX answers for a session it does not know; the gateway re-logs in on any fault
 # from keepAlive, so only the sandbox depends on the exact values.
 FAULT_NOT_LOGGED_IN = 1
 FAULT_NOT_LOGGED_IN_TEXT = "user is not logged in"
 
-# [INF] getUserState documents avatarHash, chatPresence, telephonyState, chatPresenceMessage and
+# Inferred: getUserState documents avatarHash, chatPresence, telephonyState, chatPresenceMessage and
 # redirectAlwaysActive; the key carrying the DND flag is an assumption kept in this one place.
 USER_STATE_DND_KEY = "doNotDisturb"
 USER_STATE_TEXT_KEY = "chatPresenceMessage"

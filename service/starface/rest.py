@@ -1,4 +1,4 @@
-"""STARFACE REST client: admin login, users, groups and group members (reference/starface.md §1).
+"""STARFACE REST client: admin login, users, groups and group members (docs/protocols.md, "REST").
 
 Two ways to authenticate, chosen by ``STARFACE_AUTH``:
 

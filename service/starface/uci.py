@@ -1,4 +1,4 @@
-"""One user's UCI session: XML-RPC calls on ``/xml-rpc`` acting as that user (reference §2).
+"""One user's UCI session: XML-RPC calls on ``/xml-rpc`` acting as that user (docs/protocols.md, "UCI").
 
 Authentication rides in the query of every call (``de.vertico.starface.auth`` with the SHA-512
 token, or ``de.vertico.starface.jwt`` on STARFACE 10 with OAuth); the callback URL rides in the

@@ -15,7 +15,7 @@ from service.core import keys
 from service.graph.presence import PresenceChange, TeamsPresence
 from service.starface.gateway import StarfaceUnavailable, UserState
 
-# Graph's aggregation among sessions (reference/graph.md §8.2).
+# Graph's aggregation among sessions (docs/protocols.md, "setPresence and clearPresence").
 RANK = {
     "DoNotDisturb": 3,
     "Busy": 2,

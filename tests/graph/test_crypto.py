@@ -25,7 +25,7 @@ PRESENCE = {"id": "u1", "availability": "Busy", "activity": "InACall", "sequence
 
 
 def reference_encrypt(plaintext: bytes) -> dict[str, str]:
-    """graph.md §4.1 as Graph does it: fresh 32-byte key, AES-256-CBC with IV = key[:16], PKCS7,
+    """docs/protocols.md ("Rich notifications") as Graph does it: fresh 32-byte key, AES-256-CBC with IV = key[:16], PKCS7,
     HMAC-SHA256 over the ciphertext, key wrapped with RSA/ECB/OAEPWithSHA1AndMGF1Padding."""
     key = os.urandom(32)
     padder = sym_padding.PKCS7(128).padder()

@@ -1,4 +1,4 @@
-"""Graph sandbox: rich notifications (§3, §4, §5), delivery retries and lifecycle events (§6)."""
+"""Graph sandbox: rich notifications, delivery retries and lifecycle events (docs/protocols.md)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ CHANGE_TRACKING_APP_ID = "0bf30f3b-4a52-48df-9a82-234910c4a086"
 
 
 def _reference_decrypt(encrypted: dict[str, str], keypair: EncryptionKeypair) -> dict[str, Any]:
-    """Decryption written from reference/graph.md §4.1, independent of service.graph.crypto.
+    """Decryption written from docs/protocols.md ("Rich notifications"), independent of service.graph.crypto.
 
     dataKey: base64 → RSA-OAEP (SHA-1, MGF1-SHA-1) → 32-byte key; dataSignature must equal
     base64(HMAC-SHA256(key, base64decode(data))); data: AES-256-CBC, IV = key[:16], PKCS7.

@@ -1,4 +1,4 @@
-"""Graph sandbox: presence subscription rules (§1) and the validation handshake (§2)."""
+"""Graph sandbox: presence subscription rules and the validation handshake (docs/protocols.md)."""
 
 from __future__ import annotations
 

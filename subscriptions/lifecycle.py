@@ -1,4 +1,4 @@
-"""Lifecycle notifications (docs/protocols.md, "Lifecycle notifications"), read from the stream the web tier fills.
+"""Lifecycle notifications (docs/protocols.md), read from the stream the web tier fills.
 
 The handler only records what has to happen (reauthorize, recreate, resync) on the subscription's
 record; the leased scheduler acts on it in its next pass.  Recording is idempotent and durable,

@@ -64,7 +64,8 @@ from service.graph.presence import TeamsPresence
 CONNECTED_STATES = frozenset({"CONNECTED", "CONSULT", "CONFERENCE_ACTIVE", "CONFERENCE_CONSULT"})
 RINGING_STATES = frozenset({"RINGING", "PROCEEDING", "RINGBACK"})
 
-# Graph's session aggregation order (docs/protocols.md, "setPresence and clearPresence"); only used to explain decisions.
+# Graph's session aggregation order (docs/protocols.md, "setPresence and clearPresence");
+# only used to explain decisions.
 _SESSION_RANK = {"away": 0, "available": 1, "busy": 2, "donotdisturb": 3}
 
 

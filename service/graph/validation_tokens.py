@@ -1,4 +1,4 @@
-"""Verification of the ``validationTokens`` JWTs that come with rich notifications (docs/protocols.md, "validationTokens").
+"""The ``validationTokens`` JWTs that come with rich notifications (docs/protocols.md, "validationTokens").
 
 Signing keys are fetched in the background and kept warm, so no notification waits on a fetch.
 A token whose ``kid`` is unknown makes the keys refresh, at most once a minute: if the keys are

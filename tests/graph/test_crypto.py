@@ -25,8 +25,8 @@ PRESENCE = {"id": "u1", "availability": "Busy", "activity": "InACall", "sequence
 
 
 def reference_encrypt(plaintext: bytes) -> dict[str, str]:
-    """docs/protocols.md ("Rich notifications") as Graph does it: fresh 32-byte key, AES-256-CBC with IV = key[:16], PKCS7,
-    HMAC-SHA256 over the ciphertext, key wrapped with RSA/ECB/OAEPWithSHA1AndMGF1Padding."""
+    """docs/protocols.md ("Rich notifications") as Graph does it: fresh 32-byte key, AES-256-CBC with
+    IV = key[:16], PKCS7, HMAC-SHA256 over the ciphertext, key wrapped with RSA-OAEP-SHA1."""
     key = os.urandom(32)
     padder = sym_padding.PKCS7(128).padder()
     encryptor = Cipher(algorithms.AES(key), modes.CBC(key[:16])).encryptor()

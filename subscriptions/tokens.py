@@ -29,7 +29,7 @@ from requests.adapters import HTTPAdapter
 
 from service.core import keys
 from service.core.secretbox import SealError, SecretBox
-from service.core.settings import Settings
+from service.core.settings import Settings, reveal
 from subscriptions.accounts import AccountState, ServiceAccounts
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ class Tokens:
             ServiceAccounts(redis, box, settings.graph_service_accounts),
             tenant_id=settings.tenant_id,
             client_id=settings.client_id,
-            client_secret=settings.client_secret,
+            client_secret=reveal(settings.client_secret),
             client_certificate_pfx=client_certificate_pfx,
             authority_base_url=settings.authority_base_url,
             extra_ca_file=settings.extra_ca_file,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import getpass
 import sys
 from pathlib import Path
@@ -95,7 +94,7 @@ def _settings(args: argparse.Namespace, redis_url: str | None = None) -> Setting
     except SettingsError as exc:
         raise CliError("; ".join(exc.problems)) from None
     if redis_url:
-        settings = dataclasses.replace(settings, redis_url=redis_url)
+        settings = settings.model_copy(update={"redis_url": redis_url})
     if not settings.secret_key:
         raise CliError("BRIDGE_SECRET_KEY is missing: it encrypts the stored credentials")
     if not settings.redis_url:

@@ -12,6 +12,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from pydantic import SecretStr
 
 _VERSION = b"\x01"
 
@@ -28,7 +29,9 @@ class SealError(Exception):
 
 
 class SecretBox:
-    def __init__(self, secret_key: str) -> None:
+    def __init__(self, secret_key: str | SecretStr) -> None:
+        if isinstance(secret_key, SecretStr):
+            secret_key = secret_key.get_secret_value()
         hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"presence-bridge", info=b"at-rest v1")
         self._aead = AESGCM(hkdf.derive(secret_key.encode("utf-8")))
 

@@ -1,8 +1,11 @@
-"""Typed settings read from the environment and an optional ``.env`` file.
+"""Typed settings read from the environment, an optional ``.env`` file and secret files.
 
-Every setting is declared once in ``FIELDS``; ``.env.example`` and the README are checked against
-that table by the tests, so a setting cannot exist without being documented.  Loading collects
-every problem before failing, so an operator fixes the whole configuration in one round.
+Every setting is declared once, in the ``Settings`` schema (pydantic-settings): name, type,
+default, help text and the role group that needs it.  ``FIELDS`` is derived from it, and
+``.env.example`` is checked against it by the tests, so a setting cannot exist undocumented.
+Any ``NAME`` may instead be given as ``NAME_FILE``, the path of a file holding the value (Docker
+and Kubernetes secrets).  Loading collects every problem before failing, so an operator fixes the
+whole configuration in one round.
 """
 
 from __future__ import annotations
@@ -10,9 +13,14 @@ from __future__ import annotations
 import os
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from dotenv import dotenv_values
+from pydantic import BeforeValidator, SecretStr, ValidationError
+from pydantic import Field as SchemaField
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 # Groups of settings that only some roles need: the web tier alone never talks to STARFACE.
 CORE = "core"
@@ -115,306 +123,172 @@ def _namespace(value: str) -> str:
     return value
 
 
-@dataclass(frozen=True)
-class Field:
-    env: str
-    attr: str
-    parse: Callable[[str], Any]
-    default: Any
-    group: str | None
-    help: str
+def _setting(default: Any, env: str, help: str, group: str | None = None) -> Any:
+    return SchemaField(default, alias=env, description=help, json_schema_extra={"group": group})
 
 
-# group=None: optional everywhere.  Otherwise: required when that group is requested.
-FIELDS: tuple[Field, ...] = (
-    Field(
-        "REDIS_URL",
-        "redis_url",
-        _redis_url,
-        None,
-        None,
-        "Redis/Valkey URL; unset = an embedded Valkey for one machine only",
-    ),
-    Field(
-        "DATA_DIR", "data_dir", str, "./data", None, "Directory for the embedded Valkey's append-only file"
-    ),
-    Field(
-        "PUBLIC_BASE_URL",
-        "public_base_url",
-        _https_url,
-        None,
-        CORE,
-        "Public https base URL that Graph and STARFACE call back",
-    ),
-    Field(
-        "BRIDGE_SECRET_KEY",
-        "secret_key",
-        _secret_key,
-        None,
-        CORE,
-        "Key (>= 32 chars) that encrypts stored tokens, credentials and private keys",
-    ),
-    Field("AZURE_TENANT_ID", "tenant_id", str, None, CORE, "Entra directory (tenant) id"),
-    Field("AZURE_CLIENT_ID", "client_id", str, None, CORE, "Application (client) id of the app registration"),
-    Field(
-        "AZURE_CLIENT_SECRET", "client_secret", str, None, GRAPH_APP, "Client secret of the app registration"
-    ),
-    Field(
-        "GRAPH_BASE_URL",
-        "graph_base_url",
-        _https_url,
-        "https://graph.microsoft.com",
-        None,
-        "Microsoft Graph base URL",
-    ),
-    Field(
-        "AUTHORITY_BASE_URL",
-        "authority_base_url",
-        _https_url,
-        "https://login.microsoftonline.com",
-        None,
-        "Entra ID authority base URL",
-    ),
-    Field(
-        "OPENID_METADATA_URL",
-        "openid_metadata_url",
-        _https_url,
-        None,
-        None,
-        "OpenID metadata naming the JWKS for validationTokens; default <authority>/common/v2.0/...",
-    ),
-    Field(
-        "EXTRA_CA_FILE",
-        "extra_ca_file",
-        _existing_file,
-        None,
-        None,
-        "Extra CA bundle (PEM) trusted for Graph, Entra and STARFACE, e.g. a sandbox CA",
-    ),
-    Field(
-        "NOTIFICATION_MAX_BYTES",
-        "notification_max_bytes",
-        _positive_int,
-        1024 * 1024,
-        None,
-        "Largest accepted notification body in bytes",
-    ),
-    Field(
-        "PRESENCE_STREAM_MAXLEN",
-        "presence_stream_maxlen",
-        _positive_int,
-        1_000_000,
-        None,
-        "Approximate cap of the presence stream; keep far above any backlog",
-    ),
-    Field(
-        "JWKS_REFRESH_SECONDS",
-        "jwks_refresh_seconds",
-        _positive_int,
-        3600,
-        None,
-        "How often signing keys are refreshed in the background",
-    ),
-    Field(
-        "WORKER_MAX_DELIVERIES",
-        "worker_max_deliveries",
-        _positive_int,
-        5,
-        None,
-        "Deliveries after which a failing stream entry moves to the dead-letter stream",
-    ),
-    Field(
-        "WORKER_CLAIM_IDLE_MS",
-        "worker_claim_idle_ms",
-        _positive_int,
-        60_000,
-        None,
-        "Idle time after which a dead consumer's pending entries are reclaimed",
-    ),
-    Field("WORKER_BATCH", "worker_batch", _positive_int, 100, None, "Stream entries read per worker round"),
-    Field(
-        "RECONCILE_CONCURRENCY",
-        "reconcile_concurrency",
-        _positive_int,
-        100,
-        None,
-        "Users one worker process reconciles at the same time (each waits on STARFACE or Graph)",
-    ),
-    Field("LOG_LEVEL", "log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "INFO", None, "Log level"),
-    Field(
-        "STARFACE_BASE_URL",
-        "starface_base_url",
-        _http_url,
-        None,
-        STARFACE,
-        "STARFACE PBX base URL, e.g. https://pbx.example.com",
-    ),
-    Field(
-        "STARFACE_ADMIN_LOGIN",
-        "starface_admin_login",
-        str,
-        None,
-        STARFACE,
-        "Login ID used for REST directory reads",
-    ),
-    Field(
-        "STARFACE_ADMIN_PASSWORD",
-        "starface_admin_password",
-        str,
-        None,
-        STARFACE,
-        "Password of STARFACE_ADMIN_LOGIN",
-    ),
-    Field(
-        "STARFACE_AUTH",
-        "starface_auth",
-        _choice("legacy", "oauth"),
-        "legacy",
-        None,
-        "legacy = SHA-512 login tokens (STARFACE <= 10); oauth = STARFACE 10 password grant",
-    ),
-    Field(
-        "STARFACE_OAUTH_CLIENT_SECRET",
-        "starface_oauth_client_secret",
-        str,
-        None,
-        None,
-        "Client secret of rest-client-headless (only with STARFACE_AUTH=oauth)",
-    ),
-    Field(
-        "STARFACE_UCI_NAMESPACE",
-        "starface_uci_namespace",
-        _namespace,
-        "v30",
-        None,
-        "UCI namespace: v30 (STARFACE >= 7.3) or v22",
-    ),
-    Field(
-        "STARFACE_KEEPALIVE_SECONDS",
-        "starface_keepalive_seconds",
-        _positive_int,
-        30,
-        None,
-        "Interval of UCI keepAlive calls per user session",
-    ),
-    Field("STARFACE_SELECT_ALL", "starface_select_all", _bool, False, None, "Bridge every STARFACE user"),
-    Field(
-        "STARFACE_GROUP",
-        "starface_group",
-        str,
-        None,
-        None,
-        "Bridge the members of this STARFACE group (name or id)",
-    ),
-    Field(
-        "STARFACE_EXTRA_LOGINS",
-        "starface_extra_logins",
-        _csv,
-        (),
-        None,
-        "Comma-separated extra login IDs to bridge",
-    ),
-    Field(
-        "STARFACE_DIRECTORY_REFRESH_SECONDS",
-        "starface_directory_refresh_seconds",
-        _positive_int,
-        600,
-        None,
-        "How often the STARFACE user directory is re-read",
-    ),
-    Field(
-        "GRAPH_SERVICE_ACCOUNTS",
-        "graph_service_accounts",
-        _csv,
-        (),
-        None,
-        "Comma-separated service accounts (UPNs) that hold presence subscriptions, 650 users each",
-    ),
-    Field(
-        "RESYNC_INTERVAL_SECONDS",
-        "resync_interval_seconds",
-        _positive_int,
-        900,
-        None,
-        "Interval of full getPresencesByUserId sweeps that repair missed notifications",
-    ),
-    Field(
-        "SCHEDULER_LEASE_SECONDS",
-        "scheduler_lease_seconds",
-        _positive_int,
-        30,
-        None,
-        "Time-to-live of the scheduler lease; a dead leader is replaced within it",
-    ),
-    Field(
-        "SCHEDULER_PASS_SECONDS",
-        "scheduler_pass_seconds",
-        _positive_int,
-        60,
-        None,
-        "Pause between scheduler passes (directory e-mails, shards, renewals, lifecycle events)",
-    ),
-    Field(
-        "TEAMS_PRESENCE_MINUTES",
-        "teams_presence_minutes",
-        _minutes_5_240,
-        5,
-        None,
-        "Lifetime of the Teams presence the bridge sets for a STARFACE call; re-sent before it ends",
-    ),
-    Field(
-        "MAPPING_FILE",
-        "mapping_file",
-        _existing_file,
-        None,
-        None,
-        "TOML mapping of Teams states to STARFACE DND and status text; unset = built-in default",
-    ),
-)
+def reveal(value: SecretStr | None) -> str | None:
+    """The plain value of an optional secret, for the one place that hands it to a library."""
+    return None if value is None else value.get_secret_value()
 
 
 def _default_metadata(authority: str) -> str:
     return f"{authority}/common/v2.0/.well-known/openid-configuration"
 
 
-@dataclass(frozen=True)
-class Settings:
-    public_base_url: str
-    secret_key: str = field(repr=False)
-    tenant_id: str
-    client_id: str
-    redis_url: str | None = None
-    data_dir: str = "./data"
-    client_secret: str | None = field(default=None, repr=False)
-    graph_base_url: str = "https://graph.microsoft.com"
-    authority_base_url: str = "https://login.microsoftonline.com"
-    openid_metadata_url: str = ""
-    extra_ca_file: str | None = None
-    notification_max_bytes: int = 1024 * 1024
-    presence_stream_maxlen: int = 1_000_000
-    jwks_refresh_seconds: int = 3600
-    worker_max_deliveries: int = 5
-    worker_claim_idle_ms: int = 60_000
-    worker_batch: int = 100
-    reconcile_concurrency: int = 100
-    log_level: str = "INFO"
-    starface_base_url: str | None = None
-    starface_admin_login: str | None = None
-    starface_admin_password: str | None = field(default=None, repr=False)
-    starface_auth: str = "legacy"
-    starface_oauth_client_secret: str | None = field(default=None, repr=False)
-    starface_uci_namespace: str = "v30"
-    starface_keepalive_seconds: int = 30
-    starface_select_all: bool = False
-    starface_group: str | None = None
-    starface_extra_logins: tuple[str, ...] = ()
-    starface_directory_refresh_seconds: int = 600
-    graph_service_accounts: tuple[str, ...] = ()
-    resync_interval_seconds: int = 900
-    scheduler_lease_seconds: int = 30
-    scheduler_pass_seconds: int = 60
-    teams_presence_minutes: int = 5
-    mapping_file: str | None = None
+class Settings(BaseSettings):
+    """The bridge's configuration; build it with ``Settings.from_env``."""
+
+    model_config = SettingsConfigDict(
+        frozen=True, extra="ignore", populate_by_name=True, validate_default=False
+    )
+
+    redis_url: Annotated[str | None, BeforeValidator(_redis_url)] = _setting(
+        None, "REDIS_URL", "Redis/Valkey URL; unset = an embedded Valkey for one machine only"
+    )
+    data_dir: str = _setting("./data", "DATA_DIR", "Directory for the embedded Valkey's append-only file")
+    public_base_url: Annotated[str, BeforeValidator(_https_url)] = _setting(
+        "", "PUBLIC_BASE_URL", "Public https base URL that Graph and STARFACE call back", group=CORE
+    )
+    secret_key: Annotated[SecretStr, BeforeValidator(_secret_key)] = _setting(
+        SecretStr(""),
+        "BRIDGE_SECRET_KEY",
+        "Key (>= 32 chars) that encrypts stored tokens, credentials and private keys",
+        group=CORE,
+    )
+    tenant_id: str = _setting("", "AZURE_TENANT_ID", "Entra directory (tenant) id", group=CORE)
+    client_id: str = _setting(
+        "", "AZURE_CLIENT_ID", "Application (client) id of the app registration", group=CORE
+    )
+    client_secret: SecretStr | None = _setting(
+        None, "AZURE_CLIENT_SECRET", "Client secret of the app registration", group=GRAPH_APP
+    )
+    graph_base_url: Annotated[str, BeforeValidator(_https_url)] = _setting(
+        "https://graph.microsoft.com", "GRAPH_BASE_URL", "Microsoft Graph base URL"
+    )
+    authority_base_url: Annotated[str, BeforeValidator(_https_url)] = _setting(
+        "https://login.microsoftonline.com", "AUTHORITY_BASE_URL", "Entra ID authority base URL"
+    )
+    openid_metadata_url: Annotated[str, BeforeValidator(_https_url)] = _setting(
+        "",
+        "OPENID_METADATA_URL",
+        "OpenID metadata naming the JWKS for validationTokens; default <authority>/common/v2.0/...",
+    )
+    extra_ca_file: Annotated[str | None, BeforeValidator(_existing_file)] = _setting(
+        None,
+        "EXTRA_CA_FILE",
+        "Extra CA bundle (PEM) trusted for Graph, Entra and STARFACE, e.g. a sandbox CA",
+    )
+    notification_max_bytes: Annotated[int, BeforeValidator(_positive_int)] = _setting(
+        1024 * 1024, "NOTIFICATION_MAX_BYTES", "Largest accepted notification body in bytes"
+    )
+    presence_stream_maxlen: Annotated[int, BeforeValidator(_positive_int)] = _setting(
+        1000000,
+        "PRESENCE_STREAM_MAXLEN",
+        "Approximate cap of the presence stream; keep far above any backlog",
+    )
+    jwks_refresh_seconds: Annotated[int, BeforeValidator(_positive_int)] = _setting(
+        3600, "JWKS_REFRESH_SECONDS", "How often signing keys are refreshed in the background"
+    )
+    worker_max_deliveries: Annotated[int, BeforeValidator(_positive_int)] = _setting(
+        5,
+        "WORKER_MAX_DELIVERIES",
+        "Deliveries after which a failing stream entry moves to the dead-letter stream",
+    )
+    worker_claim_idle_ms: Annotated[int, BeforeValidator(_positive_int)] = _setting(
+        60000, "WORKER_CLAIM_IDLE_MS", "Idle time after which a dead consumer's pending entries are reclaimed"
+    )
+    worker_batch: Annotated[int, BeforeValidator(_positive_int)] = _setting(
+        100, "WORKER_BATCH", "Stream entries read per worker round"
+    )
+    reconcile_concurrency: Annotated[int, BeforeValidator(_positive_int)] = _setting(
+        100,
+        "RECONCILE_CONCURRENCY",
+        "Users one worker process reconciles at the same time (each waits on STARFACE or Graph)",
+    )
+    log_level: Annotated[str, BeforeValidator(_choice("DEBUG", "INFO", "WARNING", "ERROR"))] = _setting(
+        "INFO", "LOG_LEVEL", "Log level"
+    )
+    starface_base_url: Annotated[str | None, BeforeValidator(_http_url)] = _setting(
+        None, "STARFACE_BASE_URL", "STARFACE PBX base URL, e.g. https://pbx.example.com", group=STARFACE
+    )
+    starface_admin_login: str | None = _setting(
+        None, "STARFACE_ADMIN_LOGIN", "Login ID used for REST directory reads", group=STARFACE
+    )
+    starface_admin_password: SecretStr | None = _setting(
+        None, "STARFACE_ADMIN_PASSWORD", "Password of STARFACE_ADMIN_LOGIN", group=STARFACE
+    )
+    starface_auth: Annotated[str, BeforeValidator(_choice("legacy", "oauth"))] = _setting(
+        "legacy",
+        "STARFACE_AUTH",
+        "legacy = SHA-512 login tokens (STARFACE <= 10); oauth = STARFACE 10 password grant",
+    )
+    starface_oauth_client_secret: SecretStr | None = _setting(
+        None,
+        "STARFACE_OAUTH_CLIENT_SECRET",
+        "Client secret of rest-client-headless (only with STARFACE_AUTH=oauth)",
+    )
+    starface_uci_namespace: Annotated[str, BeforeValidator(_namespace)] = _setting(
+        "v30", "STARFACE_UCI_NAMESPACE", "UCI namespace: v30 (STARFACE >= 7.3) or v22"
+    )
+    starface_keepalive_seconds: Annotated[int, BeforeValidator(_positive_int)] = _setting(
+        30, "STARFACE_KEEPALIVE_SECONDS", "Interval of UCI keepAlive calls per user session"
+    )
+    starface_select_all: Annotated[bool, BeforeValidator(_bool)] = _setting(
+        False, "STARFACE_SELECT_ALL", "Bridge every STARFACE user"
+    )
+    starface_group: str | None = _setting(
+        None, "STARFACE_GROUP", "Bridge the members of this STARFACE group (name or id)"
+    )
+    starface_extra_logins: Annotated[tuple[str, ...], BeforeValidator(_csv)] = _setting(
+        (), "STARFACE_EXTRA_LOGINS", "Comma-separated extra login IDs to bridge"
+    )
+    starface_directory_refresh_seconds: Annotated[int, BeforeValidator(_positive_int)] = _setting(
+        600, "STARFACE_DIRECTORY_REFRESH_SECONDS", "How often the STARFACE user directory is re-read"
+    )
+    graph_service_accounts: Annotated[tuple[str, ...], BeforeValidator(_csv)] = _setting(
+        (),
+        "GRAPH_SERVICE_ACCOUNTS",
+        "Comma-separated service accounts (UPNs) that hold presence subscriptions, 650 users each",
+    )
+    resync_interval_seconds: Annotated[int, BeforeValidator(_positive_int)] = _setting(
+        900,
+        "RESYNC_INTERVAL_SECONDS",
+        "Interval of full getPresencesByUserId sweeps that repair missed notifications",
+    )
+    scheduler_lease_seconds: Annotated[int, BeforeValidator(_positive_int)] = _setting(
+        30,
+        "SCHEDULER_LEASE_SECONDS",
+        "Time-to-live of the scheduler lease; a dead leader is replaced within it",
+    )
+    scheduler_pass_seconds: Annotated[int, BeforeValidator(_positive_int)] = _setting(
+        60,
+        "SCHEDULER_PASS_SECONDS",
+        "Pause between scheduler passes (directory e-mails, shards, renewals, lifecycle events)",
+    )
+    teams_presence_minutes: Annotated[int, BeforeValidator(_minutes_5_240)] = _setting(
+        5,
+        "TEAMS_PRESENCE_MINUTES",
+        "Lifetime of the Teams presence the bridge sets for a STARFACE call; re-sent before it ends",
+    )
+    mapping_file: Annotated[str | None, BeforeValidator(_existing_file)] = _setting(
+        None,
+        "MAPPING_FILE",
+        "TOML mapping of Teams states to STARFACE DND and status text; unset = built-in default",
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # ``from_env`` gathers the environment, the .env file and *_FILE secrets itself, so that
+        # tests and commands can pass an environment of their own and every problem is named.
+        return (init_settings,)
 
     @classmethod
     def from_env(
@@ -432,55 +306,117 @@ class Settings:
         if env_file is not None and Path(env_file).is_file():
             values.update(read_env_file(Path(env_file)))
         values.update(os.environ if environ is None else environ)
-        groups = set(require)
         problems: list[str] = []
-        kwargs: dict[str, Any] = {}
+        given, unreadable = _given(values, problems)
+        groups = set(require)
         for spec in FIELDS:
-            raw = values.get(spec.env, "").strip()
-            if not raw:
-                if spec.group is not None and spec.group in groups:
-                    problems.append(f"{spec.env} is missing: {spec.help}")
+            if spec.env in given or spec.env in unreadable:
                 continue
-            try:
-                kwargs[spec.attr] = spec.parse(raw)
-            except ValueError as exc:
-                problems.append(f"{spec.env} {exc}")
+            if spec.group is not None and spec.group in groups:
+                problems.append(f"{spec.env} is missing: {spec.help}")
         if (
             STARFACE in groups
-            and values.get("STARFACE_AUTH", "legacy") == "oauth"
-            and not values.get("STARFACE_OAUTH_CLIENT_SECRET")
+            and given.get("STARFACE_AUTH", "legacy") == "oauth"
+            and not given.get("STARFACE_OAUTH_CLIENT_SECRET")
         ):
             problems.append("STARFACE_OAUTH_CLIENT_SECRET is missing: needed when STARFACE_AUTH=oauth")
+        settings: Settings | None = None
+        try:
+            settings = cls.model_validate(given)
+        except ValidationError as exc:
+            problems.extend(_describe(error) for error in exc.errors())
         if problems:
-            raise SettingsError(problems)
-        # Fields of groups that were not requested may be absent; the dataclass still needs a value.
-        for name in ("public_base_url", "secret_key", "tenant_id", "client_id"):
-            kwargs.setdefault(name, "")
-        authority = kwargs.get("authority_base_url", cls.authority_base_url)
-        kwargs.setdefault("openid_metadata_url", _default_metadata(authority))
-        return cls(**kwargs)
+            raise SettingsError(sorted(problems, key=_schema_order))
+        assert settings is not None
+        if not settings.openid_metadata_url:
+            settings = settings.model_copy(
+                update={"openid_metadata_url": _default_metadata(settings.authority_base_url)}
+            )
+        return settings
 
     def masked(self) -> dict[str, Any]:
         """All settings with secrets replaced, for ``status`` output and logs."""
-        secret = {f.name for f in fields(self) if f.repr is False}
         return {
-            f.name: ("***" if f.name in secret and getattr(self, f.name) else getattr(self, f.name))
-            for f in fields(self)
+            name: ("***" if isinstance(value, SecretStr) and value.get_secret_value() else value)
+            for name, value in ((n, getattr(self, n)) for n in type(self).model_fields)
         }
 
 
+def _given(values: Mapping[str, str], problems: list[str]) -> tuple[dict[str, str], set[str]]:
+    """The non-empty value of every setting, each from NAME or from the file NAME_FILE names, and
+    the names whose problem is already told (so it is not told again as missing)."""
+    given: dict[str, str] = {}
+    told: set[str] = set()
+    for spec in FIELDS:
+        direct = values.get(spec.env, "").strip()
+        path = values.get(f"{spec.env}_FILE", "").strip()
+        if direct and path:
+            problems.append(f"{spec.env} and {spec.env}_FILE are both set: keep one")
+            told.add(spec.env)
+            continue
+        if path:
+            try:
+                direct = Path(path).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+                problems.append(f"{spec.env}_FILE names {path!r}, which cannot be read: {reason}")
+                told.add(spec.env)
+                continue
+        if direct:
+            given[spec.env] = direct
+    return given, told
+
+
+def _schema_order(problem: str) -> int:
+    """Problems are listed in the order the schema (and .env.example) declares the settings."""
+    name = problem.split(" ", 1)[0].removesuffix("_FILE")
+    return next((i for i, spec in enumerate(FIELDS) if spec.env == name), len(FIELDS))
+
+
+def _describe(error: Any) -> str:
+    """One pydantic error as ``NAME what to fix``; the value itself is never repeated (it may be secret)."""
+    name = str(error["loc"][0]) if error.get("loc") else "configuration"
+    message = str(error.get("msg", "is invalid"))
+    return f"{name} {message.removeprefix('Value error, ')}"
+
+
+@dataclass(frozen=True)
+class Field:
+    """One setting as documentation and tests see it; derived from the schema, never declared."""
+
+    env: str
+    attr: str
+    default: Any
+    group: str | None
+    help: str
+    secret: bool
+
+
+def _fields() -> tuple[Field, ...]:
+    result = []
+    for attr, info in Settings.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        group = extra.get("group")
+        result.append(
+            Field(
+                env=str(info.alias),
+                attr=attr,
+                default=info.default,
+                group=str(group) if group is not None else None,
+                help=info.description or "",
+                secret="SecretStr" in str(info.annotation),
+            )
+        )
+    return tuple(result)
+
+
+FIELDS: tuple[Field, ...] = _fields()
+
+
 def read_env_file(path: Path) -> dict[str, str]:
-    """Parse KEY=VALUE lines; ``#`` starts a comment line; surrounding quotes are removed."""
-    result: dict[str, str] = {}
+    """KEY=VALUE lines (``#`` comments, quotes, ``export``), as python-dotenv reads them."""
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        key, sep, value = stripped.partition("=")
-        if not sep:
+        if stripped and not stripped.startswith("#") and "=" not in stripped:
             raise SettingsError([f"{path}:{number}: expected KEY=VALUE, got {stripped[:40]!r}"])
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-        result[key.strip().removeprefix("export ").strip()] = value
-    return result
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}

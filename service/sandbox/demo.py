@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from pydantic import SecretStr
 
 from service.bridge.decisions import DecisionLog
 from service.bridge.identity import IdentityStore
@@ -183,6 +184,8 @@ class DemoWorld:
         env: dict[str, str] = {}
         for spec in FIELDS:
             value = getattr(self.settings, spec.attr)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
             if value is None or value == () or spec.env == "OPENID_METADATA_URL":
                 continue
             env[spec.env] = (

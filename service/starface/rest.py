@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 
 from service.core import metrics
-from service.core.settings import Settings
+from service.core.settings import Settings, reveal
 from service.core.tls import client_context
 from service.starface import protocol as sp
 from service.starface.gateway import LoginRefused, StarfaceUnavailable
@@ -314,9 +314,9 @@ class RestClient:
             http,
             settings.starface_base_url,
             settings.starface_admin_login,
-            settings.starface_admin_password or "",
+            reveal(settings.starface_admin_password) or "",
             auth=settings.starface_auth,
-            oauth_client_secret=settings.starface_oauth_client_secret,
+            oauth_client_secret=reveal(settings.starface_oauth_client_secret),
             clock=clock,
         )
 

@@ -37,7 +37,7 @@ from redis.exceptions import RedisError
 
 from service.core import keys, metrics
 from service.core.secretbox import SealError, SecretBox
-from service.core.settings import Settings
+from service.core.settings import Settings, reveal
 from service.core.storage import decoded
 from service.starface.callback_tokens import callback_path, register_token, token_digest
 from service.starface.credentials import CredentialStore
@@ -333,7 +333,7 @@ class SessionManager:
             grant = OAuthPasswordGrant(
                 self.http,
                 self.base_url,
-                client_secret=self.settings.starface_oauth_client_secret or "",
+                client_secret=reveal(self.settings.starface_oauth_client_secret) or "",
                 username=login,
                 password=password,
                 clock=self.token_clock,

@@ -118,6 +118,53 @@ def test_every_setting_is_in_env_example_and_nothing_else() -> None:
         assert re.search(rf"^# .+\n#?\s*{field.env}=", text, flags=re.M), field.env
 
 
-def test_every_field_has_a_dataclass_attribute() -> None:
-    attrs = set(Settings.__dataclass_fields__)
-    assert {f.attr for f in FIELDS} <= attrs
+def test_every_field_has_a_schema_attribute() -> None:
+    attrs = set(Settings.model_fields)
+    assert {f.attr for f in FIELDS} == attrs
+
+
+def test_a_setting_can_come_from_a_secret_file(tmp_path: Path) -> None:
+    key_file = tmp_path / "bridge-secret-key"
+    key_file.write_text("f" * 40 + "\n")  # as `kubectl create secret` or Docker writes it
+    env = {k: v for k, v in GOOD.items() if k != "BRIDGE_SECRET_KEY"}
+    s = Settings.from_env(dict(env, BRIDGE_SECRET_KEY_FILE=str(key_file)), env_file=None)
+    assert s.secret_key.get_secret_value() == "f" * 40
+    assert "f" * 40 not in repr(s)
+
+
+def test_a_setting_given_directly_and_as_a_file_is_refused_naming_both(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text("f" * 40)
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(dict(GOOD, BRIDGE_SECRET_KEY_FILE=str(tmp_path / "key")), env_file=None)
+    assert caught.value.problems == ["BRIDGE_SECRET_KEY and BRIDGE_SECRET_KEY_FILE are both set: keep one"]
+
+
+def test_an_unreadable_secret_file_is_named_with_its_key(tmp_path: Path) -> None:
+    env = {k: v for k, v in GOOD.items() if k != "AZURE_CLIENT_ID"}
+    missing = tmp_path / "nope"
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(
+            dict(env, AZURE_CLIENT_ID_FILE=str(missing), AZURE_CLIENT_SECRET_FILE=str(tmp_path)),
+            env_file=None,
+            require=[CORE, GRAPH_APP],
+        )
+    problems = caught.value.problems
+    assert (
+        f"AZURE_CLIENT_ID_FILE names '{missing}', which cannot be read: No such file or directory" in problems
+    )
+    assert any(p.startswith("AZURE_CLIENT_SECRET_FILE names") for p in problems)
+    # An unreadable file does not also count as a missing setting: one problem per key.
+    assert not any(p.startswith("AZURE_CLIENT_ID is missing") for p in problems)
+
+
+def test_secrets_are_secret_types_and_never_in_errors() -> None:
+    secrets = {f.env for f in FIELDS if f.secret}
+    assert secrets == {
+        "BRIDGE_SECRET_KEY",
+        "AZURE_CLIENT_SECRET",
+        "STARFACE_ADMIN_PASSWORD",
+        "STARFACE_OAUTH_CLIENT_SECRET",
+    }
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(dict(GOOD, BRIDGE_SECRET_KEY="tooshort-but-secret"), env_file=None)
+    assert "tooshort-but-secret" not in str(caught.value)

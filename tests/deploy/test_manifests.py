@@ -8,7 +8,6 @@ parser, so a renamed setting, a removed flag or a moved port breaks a test inste
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import re
 import shlex
@@ -34,8 +33,7 @@ GUIDE = ROOT / "docs" / "production.md"
 
 SETTING_NAMES = frozenset(f.env for f in FIELDS)
 # Secrets are the settings whose dataclass field is kept out of repr (and masked in `status`).
-_HIDDEN_ATTRS = {f.name for f in dataclasses.fields(Settings) if not f.repr}
-SECRET_SETTINGS = frozenset(f.env for f in FIELDS if f.attr in _HIDDEN_ATTRS)
+SECRET_SETTINGS = frozenset(f.env for f in FIELDS if f.secret)
 # What the web tier serves publicly (service/app.py, service/webhook.py, service/callback.py).
 PUBLIC_EXACT = frozenset({"/graph/notifications", "/graph/lifecycle", "/healthz"})
 PUBLIC_PREFIXES = ("/graph/", "/starface/uci/")

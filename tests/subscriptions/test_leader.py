@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from service.core import keys
-from service.core.settings import Settings
+from service.core.settings import Settings, reveal
 from subscriptions.records import SubscriptionRecords
 from tests.fixtures.subscription_world import World, WorldFactory
 
@@ -27,10 +27,10 @@ def _env(settings: Settings, redis_url: str) -> dict[str, str]:
         {
             "REDIS_URL": redis_url,
             "PUBLIC_BASE_URL": settings.public_base_url,
-            "BRIDGE_SECRET_KEY": settings.secret_key,
+            "BRIDGE_SECRET_KEY": settings.secret_key.get_secret_value(),
             "AZURE_TENANT_ID": settings.tenant_id,
             "AZURE_CLIENT_ID": settings.client_id,
-            "AZURE_CLIENT_SECRET": settings.client_secret or "",
+            "AZURE_CLIENT_SECRET": reveal(settings.client_secret) or "",
             "GRAPH_BASE_URL": settings.graph_base_url,
             "AUTHORITY_BASE_URL": settings.authority_base_url,
             "EXTRA_CA_FILE": settings.extra_ca_file or "",

@@ -180,6 +180,9 @@ _SANDBOXES = {
 }
 
 
+_SANDBOX_MODULES = {"graph": "service.sandbox.graph_cli", "starface": "service.sandbox.starface"}
+
+
 def _add_sandbox(sub: Subparsers) -> None:
     # Only names and help here: the sandboxes are large and no other command may import them, so
     # ``sandbox NAME ...`` is parsed by the sandbox's own parser (``_run_sandbox``).
@@ -197,7 +200,7 @@ def sandbox_parser(name: str) -> tuple[argparse.ArgumentParser, Callable[[argpar
     """The whole parser of ``sandbox NAME`` and its runner; this imports the sandbox."""
     import importlib
 
-    module = importlib.import_module(f"service.sandbox.{name}")
+    module = importlib.import_module(_SANDBOX_MODULES[name])
     parser = argparse.ArgumentParser(prog=f"presence-bridge sandbox {name}", description=_SANDBOXES[name][1])
     module.add_arguments(parser)
     runner: Callable[[argparse.Namespace], int] = module.run

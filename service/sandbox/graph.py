@@ -12,7 +12,6 @@ with ``GraphSandbox(...).serve_in_thread()``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -23,7 +22,7 @@ import secrets
 import time
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from service.core.tls import client_context
 from service.graph.crypto import encrypt_content
@@ -44,7 +43,6 @@ from service.sandbox.entra import (
     Account,
     AppRegistration,
     EntraTenant,
-    OAuthError,
     SigningKey,
     TokenRejected,
 )
@@ -52,7 +50,9 @@ from service.sandbox.entra_routes import entra_routes
 from service.sandbox.graph_calls import GraphCall, GraphResult, GraphRoute, Handler, json_body, require
 from service.sandbox.graph_control import FaultBook, control_routes
 from service.sandbox.graph_delivery import Notifier, PendingItem, read_capped
+from service.sandbox.graph_edge import EdgeMiddleware
 from service.sandbox.graph_presence import PresenceEndpoints
+from service.sandbox.graph_queries import graph_response, select_fields, status_code_name, user_filter
 from service.sandbox.graph_subscriptions import SubscriptionEndpoints
 from service.sandbox.graphstate import (
     GraphError,
@@ -63,7 +63,6 @@ from service.sandbox.graphstate import (
     bad_request,
     format_datetime,
 )
-from service.sandbox.secretfile import write_secret
 from service.sandbox.tls import CertificateAuthority
 from service.web.body import BodyTooLarge, read_bounded
 from service.web.server import ServerThread
@@ -407,7 +406,7 @@ class GraphSandbox:
                 if fault.status is not None:
                     headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
                     raise GraphError(
-                        fault.status, _status_code_name(fault.status), "Injected failure.", headers
+                        fault.status, status_code_name(fault.status), "Injected failure.", headers
                     )
             matched = [(r, m) for r in self._routes if (m := r.pattern.match(call.path))]
             if not matched:
@@ -471,7 +470,7 @@ class GraphSandbox:
         require(ctx, {"User.Read.All"}, {"User.Read.All", "User.ReadBasic.All"})
         accounts = sorted(self.entra.accounts.values(), key=lambda a: a.user_principal_name.lower())
         if "$filter" in call.query:
-            accounts = [a for a in accounts if _user_filter(call.query["$filter"])(a)]
+            accounts = [a for a in accounts if user_filter(call.query["$filter"])(a)]
         try:
             top = int(call.query.get("$top", USERS_PAGE_DEFAULT))
             skip = int(call.query.get("$skiptoken", "0"))
@@ -485,7 +484,7 @@ class GraphSandbox:
         select = [s.strip() for s in call.query.get("$select", "").split(",") if s.strip()]
         body: dict[str, Any] = {
             "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#users",
-            "value": [_select(a.graph_json(), select) for a in page],
+            "value": [select_fields(a.graph_json(), select) for a in page],
         }
         if skip + top < len(accounts):
             params = {k: v for k, v in call.query.items() if k != "$skiptoken"}
@@ -501,7 +500,7 @@ class GraphSandbox:
             require(ctx, set(), {"User.Read", "User.Read.All", "User.ReadBasic.All"})
         select = [s.strip() for s in call.query.get("$select", "").split(",") if s.strip()]
         body = {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#users/$entity"}
-        body.update(_select(account.graph_json(), select))
+        body.update(select_fields(account.graph_json(), select))
         return GraphResult(200, body)
 
     # presence reads
@@ -594,14 +593,14 @@ class GraphSandbox:
                 if fault is not None and fault.stall_seconds:
                     await asyncio.sleep(fault.stall_seconds)
                 if fault is not None and fault.status is not None:
-                    error = GraphError(fault.status, _status_code_name(fault.status), "Injected failure.")
+                    error = GraphError(fault.status, status_code_name(fault.status), "Injected failure.")
                     result = GraphResult(fault.status, error.body(sandbox.clock.utcnow(), None))
                 else:
                     result = await sandbox.batch(headers, body)
             else:
                 call = GraphCall(request.method, path, dict(request.query_params), headers, body)
                 result = await sandbox.dispatch(call)
-            return _graph_response(result, headers.get("client-request-id"))
+            return graph_response(result, headers.get("client-request-id"))
 
         routes = [
             *entra_routes(self.entra, lambda: sandbox.base_url),
@@ -619,7 +618,7 @@ class GraphSandbox:
 
     def asgi(self) -> ASGIApp:
         """The app wrapped with body limits and failure injection for the Entra endpoints."""
-        return _EdgeMiddleware(self.app, self)
+        return EdgeMiddleware(self.app, self)
 
     def serve_in_thread(self, host: str = "127.0.0.1", port: int = 0) -> ServerThread:
         """Start serving over TLS (certificate from the sandbox CA) on a background thread."""
@@ -629,213 +628,3 @@ class GraphSandbox:
         self.base_url = server.base_url
         server.start()
         return server
-
-
-def _status_code_name(status: int) -> str:
-    return {
-        400: "BadRequest",
-        401: "InvalidAuthenticationToken",
-        403: "Forbidden",
-        404: "NotFound",
-        409: "Conflict",
-        429: "TooManyRequests",
-        500: "InternalServerError",
-        502: "BadGateway",
-        503: "ServiceUnavailable",
-        504: "GatewayTimeout",
-    }.get(status, "UnknownError")
-
-
-def _graph_response(result: GraphResult, client_request_id: str | None) -> Response:
-    headers = dict(result.headers)
-    headers["request-id"] = str(uuid.uuid4())
-    if client_request_id:
-        headers["client-request-id"] = client_request_id
-    if result.body is None:
-        return Response(status_code=result.status, headers=headers)
-    return JSONResponse(result.body, status_code=result.status, headers=headers)
-
-
-def _select(item: dict[str, Any], fields: list[str]) -> dict[str, Any]:
-    if not fields:
-        return item
-    lowered = {f.lower() for f in fields} | {"id"}
-    return {k: v for k, v in item.items() if k.lower() in lowered}
-
-
-_FILTER_TERM = re.compile(
-    r"^\s*(mail|userPrincipalName|id|displayName)\s+eq\s+'((?:[^']|'')*)'\s*$", re.IGNORECASE
-)
-
-
-def _user_filter(expression: str) -> Callable[[Account], bool]:
-    """``$filter`` on users: ``prop eq 'value'`` terms joined by ``or`` (what the bridge needs)."""
-    terms: list[tuple[str, str]] = []
-    for part in re.split(r"\s+or\s+", expression, flags=re.IGNORECASE):
-        match = _FILTER_TERM.match(part)
-        if match is None:
-            raise GraphError(
-                400, "Request_UnsupportedQuery", "Unsupported or invalid query filter clause specified."
-            )
-        terms.append((match.group(1).lower(), match.group(2).replace("''", "'").lower()))
-
-    def accept(account: Account) -> bool:
-        values = {
-            "mail": (account.mail or "").lower(),
-            "userprincipalname": account.user_principal_name.lower(),
-            "id": account.id.lower(),
-            "displayname": account.display_name.lower(),
-        }
-        return any(values[name] == value for name, value in terms)
-
-    return accept
-
-
-# ---- edge middleware: injected faults for the Entra routes --------------------
-
-
-class _EdgeMiddleware:
-    def __init__(self, app: ASGIApp, sandbox: GraphSandbox) -> None:
-        self.app = app
-        self.sandbox = sandbox
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path: str = scope["path"]
-        if not path.startswith(("/v1.0/", "/_sandbox/")):
-            fault = self.sandbox.faults.take(scope["method"], path)
-            if fault is not None:
-                if fault.stall_seconds:
-                    await asyncio.sleep(fault.stall_seconds)
-                if fault.status is not None:
-                    error = OAuthError(fault.status, "temporarily_unavailable", 90033, "Injected failure.")
-                    response = JSONResponse(
-                        error.body(self.sandbox.clock.utcnow(), str(uuid.uuid4()), self.sandbox.base_url),
-                        status_code=fault.status,
-                        headers={"Retry-After": str(fault.retry_after)}
-                        if fault.retry_after is not None
-                        else None,
-                    )
-                    await response(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
-
-
-# ---- CLI -------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8443, help="TLS port (default 8443; 0 = any free port)")
-    parser.add_argument(
-        "--state-dir",
-        default="./sandbox-state/graph",
-        help="directory for the CA certificate, server certificate and control token",
-    )
-    parser.add_argument("--tenant-id", default=None, help="tenant id (default: a random GUID)")
-    parser.add_argument(
-        "--domain", default="sandbox.onmicrosoft.com", help="tenant domain for generated UPNs"
-    )
-    parser.add_argument(
-        "--client-id", default=None, help="client id of the pre-registered app (default random)"
-    )
-    parser.add_argument("--client-secret", default=None, help="its client secret (default random)")
-    parser.add_argument(
-        "--control-token", default=None, help="bearer token of the control API (default random)"
-    )
-    parser.add_argument("--users", type=int, default=0, help="seed N demo users")
-    parser.add_argument(
-        "--users-file",
-        default=None,
-        help="JSON list of users to seed: {displayName, mail, userPrincipalName, id, password, mfaRequired}",
-    )
-    parser.add_argument(
-        "--service-accounts",
-        type=int,
-        default=1,
-        help="seed N service accounts with passwords (written to the state dir), default 1",
-    )
-    parser.add_argument(
-        "--delivery-ca-file",
-        default=None,
-        help="CA bundle trusted for notification endpoints (default: own CA)",
-    )
-    parser.add_argument(
-        "--coalesce-seconds", type=float, default=1.0, help="window that gathers changes into one POST"
-    )
-
-
-def build_from_args(args: argparse.Namespace) -> GraphSandbox:
-    state_dir = Path(args.state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    options = SandboxOptions(domain=args.domain, coalesce_seconds=args.coalesce_seconds)
-    if args.tenant_id:
-        options.tenant_id = args.tenant_id
-    if args.client_id:
-        options.client_id = args.client_id
-    if args.client_secret:
-        options.client_secret = args.client_secret
-    if args.control_token:
-        options.control_token = args.control_token
-    if args.delivery_ca_file:
-        options.delivery_ca_file = args.delivery_ca_file
-    sandbox = GraphSandbox(options, state_dir=state_dir)
-    for number in range(1, args.users + 1):
-        sandbox.add_user(f"Demo User{number:03d}", mail=f"user{number:03d}@{options.domain}")
-    if args.users_file:
-        entries = json.loads(Path(args.users_file).read_text(encoding="utf-8"))
-        if not isinstance(entries, list):
-            raise ValueError("the users file must hold a JSON list")
-        for entry in entries:
-            sandbox.add_user(
-                entry["displayName"],
-                mail=entry.get("mail"),
-                user_principal_name=entry.get("userPrincipalName"),
-                user_id=entry.get("id"),
-                password=entry.get("password"),
-                mfa_required=bool(entry.get("mfaRequired", False)),
-            )
-    accounts = []
-    for number in range(1, args.service_accounts + 1):
-        password = secrets.token_urlsafe(18)
-        created = sandbox.add_user(
-            f"Presence Service{number:02d}",
-            user_principal_name=f"svc-presence{number:02d}@{options.domain}",
-            password=password,
-        )
-        accounts.append(
-            {"userPrincipalName": created.user_principal_name, "password": password, "id": created.id}
-        )
-    write_secret(state_dir / "control-token", options.control_token)
-    write_secret(state_dir / "service-accounts.json", json.dumps(accounts, indent=2))
-    return sandbox
-
-
-def run(args: argparse.Namespace) -> int:
-    """Serve until interrupted; print what a bridge needs to point at the sandbox."""
-    sandbox = build_from_args(args)
-    server = sandbox.serve_in_thread(args.host, args.port)
-    state_dir = Path(args.state_dir)
-    lines = [
-        "Graph sandbox (Entra ID + Microsoft Graph presence) is serving:",
-        f"  base URL            {sandbox.base_url}",
-        f"  authority (MSAL)    {sandbox.base_url}/{sandbox.options.tenant_id}",
-        f"  CA certificate      {sandbox.ca_file}",
-        f"  control token file  {state_dir / 'control-token'}",
-        f"  service accounts    {state_dir / 'service-accounts.json'}",
-        f"  tenant id           {sandbox.options.tenant_id}",
-        f"  client id           {sandbox.options.client_id}",
-        f"  client secret       {sandbox.options.client_secret}",
-        f"  users               {len(sandbox.entra.accounts)}",
-        "Bridge settings: GRAPH_BASE_URL and AUTHORITY_BASE_URL = the base URL, EXTRA_CA_FILE = the CA file.",
-    ]
-    print("\n".join(lines), flush=True)
-    try:
-        server.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
-    return 0

@@ -105,7 +105,7 @@ def test_presence_history_records_causes(graph_sandbox: SandboxFactory) -> None:
 def _launch(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
     code = (
         "import argparse, sys\n"
-        "from service.sandbox.graph import add_arguments, run\n"
+        "from service.sandbox.graph_cli import add_arguments, run\n"
         "parser = argparse.ArgumentParser()\n"
         "add_arguments(parser)\n"
         "sys.exit(run(parser.parse_args(sys.argv[1:])))\n"

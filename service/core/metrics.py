@@ -1,13 +1,18 @@
 """Prometheus metrics of the bridge, served on a separate port (never on the public webhook).
 
 Counters and histograms are updated where things happen; gauges that describe Redis (stream
-depth and lag, dead letters, seconds until each subscription expires) are refreshed by a
-background task (``service.ops.gauges``), so a scrape never waits on Redis.
+depth and lag, dead letters, subscription expiry, UCI sessions, the directory, the reconcile
+backlog, live workers) are refreshed by a background task (``service.ops.gauges``), so a scrape
+never waits on Redis.  Every counter of failures names what failed with one label, ``kind``.
+Times of day are exported as Unix timestamps (``*_timestamp_seconds``), never as "seconds until",
+so an alert computes the distance with ``time()`` and a stale value cannot look fresh.
 """
 
 from __future__ import annotations
 
 import logging
+import platform
+from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -33,9 +38,9 @@ STREAM_LAG = Gauge(
 )
 STREAM_PENDING = Gauge("presence_bridge_stream_pending", "Entries read but not yet acknowledged", ["stream"])
 DEAD_LETTERS = Gauge("presence_bridge_dead_letters", "Entries in the dead-letter stream")
-SUBSCRIPTION_EXPIRES_IN = Gauge(
-    "presence_bridge_subscription_seconds_to_expiry",
-    "Seconds until a service account's presence subscription expires",
+SUBSCRIPTION_EXPIRY = Gauge(
+    "presence_bridge_subscription_expiry_timestamp_seconds",
+    "When a service account's presence subscription expires (Unix time)",
     ["account"],
 )
 GRAPH_CALL_SECONDS = Histogram(
@@ -52,11 +57,11 @@ GRAPH_CALL_ERRORS = Counter(
 STARFACE_CALL_SECONDS = Histogram(
     "presence_bridge_starface_call_seconds",
     "Latency of STARFACE REST and UCI requests",
-    ["what"],
+    ["kind"],
     buckets=_SLOW,
 )
 STARFACE_CALL_ERRORS = Counter(
-    "presence_bridge_starface_call_errors_total", "STARFACE requests that failed", ["what"]
+    "presence_bridge_starface_call_errors_total", "STARFACE requests that failed", ["kind"]
 )
 RECONCILE_SECONDS = Histogram(
     "presence_bridge_reconcile_seconds", "Time of one user's reconcile pass", buckets=_SLOW
@@ -68,7 +73,7 @@ RECONCILE_APPLY_LATENCY_SECONDS = Histogram(
     buckets=_SLOW,
 )
 RECONCILE_FAILURES = Counter(
-    "presence_bridge_reconcile_failures_total", "Reconcile actions that failed and will be retried", ["side"]
+    "presence_bridge_reconcile_failures_total", "Reconcile actions that failed and will be retried", ["kind"]
 )
 
 STARFACE_LOGINS_REFUSED = Counter(
@@ -80,6 +85,37 @@ GRAPH_THROTTLED = Counter(
     "Graph answers (429/502/503/504) that were waited out and retried",
     ["status"],
 )
+
+STARFACE_CALLBACKS = Counter(
+    "presence_bridge_starface_callbacks_total",
+    "UCI callbacks from the PBX by outcome: accepted, ignored (not a call state), or why refused",
+    ["outcome"],
+)
+UCI_SESSIONS = Gauge(
+    "presence_bridge_starface_sessions", "STARFACE UCI sessions by state (up, down)", ["state"]
+)
+DIRECTORY_USERS = Gauge("presence_bridge_directory_users", "Users in the STARFACE directory the bridge read")
+DIRECTORY_REFRESHED = Gauge(
+    "presence_bridge_directory_last_refresh_timestamp_seconds",
+    "When the STARFACE directory was last read (Unix time; 0 when never)",
+)
+RECONCILE_BACKLOG = Gauge(
+    "presence_bridge_reconcile_backlog", "Users due for a reconcile pass that no reconciler holds yet"
+)
+WORKERS_ALIVE = Gauge("presence_bridge_workers_alive", "Worker processes whose heartbeat in Redis is recent")
+BUILD_INFO = Gauge(
+    "presence_bridge_build_info", "Always 1; the labels name the running version", ["version", "python"]
+)
+
+
+def package_version() -> str:
+    try:
+        return version("presence-bridge")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+BUILD_INFO.labels(package_version(), platform.python_version()).set(1)
 
 
 def serve_metrics(port: int, host: str = "127.0.0.1") -> None:

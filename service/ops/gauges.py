@@ -10,16 +10,23 @@ import time
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from service.core import keys
+from service.core import heartbeat, keys
 from service.core.metrics import (
     DEAD_LETTERS,
+    DIRECTORY_REFRESHED,
+    DIRECTORY_USERS,
+    RECONCILE_BACKLOG,
     STREAM_LAG,
     STREAM_LENGTH,
     STREAM_PENDING,
-    SUBSCRIPTION_EXPIRES_IN,
+    SUBSCRIPTION_EXPIRY,
+    UCI_SESSIONS,
+    WORKERS_ALIVE,
 )
 from service.core.settings import Settings
 from service.ops.status import streams
+from service.starface.directory import DirectoryStore
+from service.starface.sessions import SessionStatus
 from subscriptions.scheduler import status as subscription_status
 
 log = logging.getLogger(__name__)
@@ -40,7 +47,19 @@ async def refresh_gauges(redis: aioredis.Redis, settings: Settings) -> None:
     for account, info in accounts.items():
         sub = info["subscription"]
         if sub and sub.get("expires_at"):
-            SUBSCRIPTION_EXPIRES_IN.labels(account).set(float(sub["expires_at"]) - now)
+            SUBSCRIPTION_EXPIRY.labels(account).set(float(sub["expires_at"]))
+    sessions = [SessionStatus.from_json(v) for v in (await redis.hvals(keys.UCI_SESSIONS))]
+    known = [s for s in sessions if s is not None]
+    down = sum(1 for s in known if s.error is not None)
+    UCI_SESSIONS.labels("up").set(len(known) - down)
+    UCI_SESSIONS.labels("down").set(down)
+    directory = await DirectoryStore(redis).status()
+    DIRECTORY_USERS.set(directory.users)
+    DIRECTORY_REFRESHED.set(directory.refreshed_at or 0)
+    # Due now and not yet claimed: claiming moves a user out of the due set.
+    RECONCILE_BACKLOG.set(int(await redis.zcount(keys.RECONCILE_DUE, "-inf", now)))
+    alive_since = now - heartbeat.WORKER_ALIVE_SECONDS
+    WORKERS_ALIVE.set(int(await redis.zcount(keys.LIVE_WORKERS, alive_since, "+inf")))
 
 
 async def gauge_loop(

@@ -21,7 +21,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from service.core import keys
+from service.core import keys, metrics
 from service.core.settings import Settings
 from service.starface import xmlrpc
 from service.starface.callback_tokens import PATH_PREFIX, login_for_token
@@ -41,6 +41,7 @@ _CALL_STATE = re.compile(r"ucp\.v\d+\.(events|client\.communication)\.call\.rece
 
 
 async def _count(redis: aioredis.Redis, reason: str) -> None:
+    metrics.STARFACE_CALLBACKS.labels(reason).inc()
     # A counter must never turn a refusal into a different answer.
     with contextlib.suppress(RedisError, OSError):
         await redis.hincrby(keys.UCI_CALLBACK_REFUSED, reason, 1)
@@ -113,6 +114,7 @@ async def _receive(request: Request) -> Response:
     if not _CALL_STATE.fullmatch(method):
         # Other event services (callChangesIdEvent, MWI, conference) are acknowledged so the PBX
         # keeps the session healthy, and not queued: the reconciler only needs call states.
+        metrics.STARFACE_CALLBACKS.labels("ignored").inc()
         return _xml(xmlrpc.dumps_response(True))
     struct = params[0] if params else None
     try:
@@ -127,6 +129,7 @@ async def _receive(request: Request) -> Response:
         await append_call(redis, event, settings.presence_stream_maxlen)
     except (RedisError, OSError):
         return Response(status_code=503, headers={"Retry-After": "5"})
+    metrics.STARFACE_CALLBACKS.labels("accepted").inc()
     return _xml(xmlrpc.dumps_response(True))
 
 

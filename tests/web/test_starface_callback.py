@@ -359,3 +359,22 @@ async def test_a_client_leaving_mid_body_leaves_no_traceback(
         uvicorn_error.removeHandler(caplog.handler)
     assert [r.getMessage() for r in caplog.records if r.exc_info] == []
     assert await redis_client.xlen(keys.CALL_STREAM) == 0
+
+
+async def test_callbacks_are_counted_by_outcome_in_prometheus(
+    base: str, http: aiohttp.ClientSession, registered: str
+) -> None:
+    from prometheus_client import REGISTRY
+
+    def count(outcome: str) -> float:
+        labels = {"outcome": outcome}
+        return REGISTRY.get_sample_value("presence_bridge_starface_callbacks_total", labels) or 0
+
+    before = {o: count(o) for o in ("accepted", "ignored", "unknown_token", "bad_call_state")}
+    assert (await post(http, endpoint(base), call_state("m1", "RINGING")))[0] == 200
+    other = xmlrpc.dumps_call("ucp.v30.events.call.callChangesIdEvent", [{"id": "x"}])
+    assert (await post(http, endpoint(base), other))[0] == 200
+    unknown = endpoint(base, secrets.token_urlsafe(32))
+    assert (await post(http, unknown, call_state("m2", "RINGING")))[0] == 404
+    assert (await post(http, endpoint(base), UNUSABLE["no struct"]))[0] == 200
+    assert {o: count(o) - n for o, n in before.items()} == dict.fromkeys(before, 1)

@@ -34,7 +34,7 @@ from service.core.settings import Settings
 from service.core.storage import connect_worker
 from service.core.tls import client_context
 from service.sandbox.graph import GraphSandbox
-from service.sandbox.graph import SandboxOptions as GraphOptions
+from service.sandbox.graph_host import SandboxOptions as GraphOptions
 from service.sandbox.starface import SandboxOptions as StarfaceOptions
 from service.sandbox.starface import SandboxThread, StarfaceSandbox
 from service.starface.credentials import CredentialStore

@@ -18,12 +18,10 @@ import json
 import logging
 import math
 import re
-import secrets
 import time
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +41,14 @@ from service.sandbox.entra import (
     Account,
     AppRegistration,
     EntraTenant,
-    SigningKey,
     TokenRejected,
 )
 from service.sandbox.entra_routes import entra_routes
 from service.sandbox.graph_calls import GraphCall, GraphResult, GraphRoute, Handler, json_body, require
-from service.sandbox.graph_control import FaultBook, control_routes
+from service.sandbox.graph_control import control_routes
 from service.sandbox.graph_delivery import Notifier, PendingItem, read_capped
 from service.sandbox.graph_edge import EdgeMiddleware
+from service.sandbox.graph_host import FaultBook, SandboxOptions
 from service.sandbox.graph_presence import PresenceEndpoints
 from service.sandbox.graph_queries import graph_response, select_fields, status_code_name, user_filter
 from service.sandbox.graph_subscriptions import SubscriptionEndpoints
@@ -74,36 +72,6 @@ USERS_PAGE_DEFAULT = 100
 USERS_PAGE_MAX = 999
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 VALIDATION_TOKEN_PREFIX = "Validation: Testing client application reachability for subscription Request-Id: "
-
-
-@dataclass
-class SandboxOptions:
-    """Everything that can be tuned; the defaults are Graph's documented numbers."""
-
-    tenant_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    domain: str = "sandbox.onmicrosoft.com"
-    client_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(30), repr=False)
-    control_token: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
-    # Outgoing TLS (handshakes, notifications) trusts this CA file; None = the sandbox's own CA.
-    delivery_ca_file: str | None = None
-    coalesce_seconds: float = 1.0
-    max_items_per_post: int = 100
-    handshake_timeout: float = 10.0
-    delivery_timeout: float = 3.0
-    retry_timeout: float = 10.0
-    backoff_base_seconds: float = 10.0
-    backoff_max_seconds: float = 1800.0
-    max_attempts: int = 12
-    retry_horizon_seconds: float = 4 * 3600.0
-    reauthorization_lead_seconds: float = 15 * 60.0
-    throttle_limit: int = 1500
-    throttle_window_seconds: float = 30.0
-    validation_token_version: str = "v2"
-    access_token_lifetime: int = 3599
-    device_code_interval: int = 5
-    clock_speed: float = 1.0
-    signing_key: SigningKey | None = None
 
 
 # ---- the sandbox -----------------------------------------------------------------------------

@@ -7,7 +7,8 @@ import json
 import secrets
 from pathlib import Path
 
-from service.sandbox.graph import GraphSandbox, SandboxOptions
+from service.sandbox.graph import GraphSandbox
+from service.sandbox.graph_host import SandboxOptions
 from service.sandbox.secretfile import write_secret
 
 

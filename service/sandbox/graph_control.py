@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import fnmatch
 import hmac
 import json
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -19,6 +17,7 @@ from service.sandbox.entra import (
     Account,
     AppRegistration,
 )
+from service.sandbox.graph_host import Fault, GraphHost
 from service.sandbox.graphstate import (
     ACTIVITIES,
     AVAILABILITIES,
@@ -31,51 +30,6 @@ from service.sandbox.graphstate import (
     parse_duration,
 )
 from service.web.body import read_bounded
-
-if TYPE_CHECKING:
-    from service.sandbox.graph import GraphSandbox
-
-
-# ---- failure injection -----------------------------------------------------------------------
-
-
-@dataclass
-class Fault:
-    id: str
-    method: str
-    path: str  # fnmatch pattern over the request path, e.g. /v1.0/users/*/presence
-    remaining: int
-    status: int | None
-    stall_seconds: float
-    retry_after: int | None
-
-    def matches(self, method: str, path: str) -> bool:
-        return self.remaining > 0 and self.method in ("*", method) and fnmatch.fnmatchcase(path, self.path)
-
-    def public(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "method": self.method,
-            "path": self.path,
-            "remaining": self.remaining,
-            "status": self.status,
-            "stallSeconds": self.stall_seconds,
-            "retryAfter": self.retry_after,
-        }
-
-
-class FaultBook:
-    def __init__(self) -> None:
-        self.items: list[Fault] = []
-
-    def take(self, method: str, path: str) -> Fault | None:
-        for fault in self.items:
-            if fault.matches(method, path):
-                fault.remaining -= 1
-                if fault.remaining <= 0:
-                    self.items.remove(fault)
-                return fault
-        return None
 
 
 def session_duration(raw: Any, default: float) -> float:
@@ -99,7 +53,7 @@ class ControlError(Exception):
 class ControlApi:
     """``/_sandbox/...``: drive the sandbox from tests and demos (bearer = the control token)."""
 
-    def __init__(self, sandbox: GraphSandbox) -> None:
+    def __init__(self, sandbox: GraphHost) -> None:
         self.sandbox = sandbox
 
     def guarded(
@@ -423,7 +377,7 @@ class ControlApi:
         }
 
 
-def control_routes(sandbox: GraphSandbox) -> list[Route]:
+def control_routes(sandbox: GraphHost) -> list[Route]:
     """The control API's routes over ``sandbox``."""
     api = ControlApi(sandbox)
 

@@ -10,16 +10,14 @@ import time
 from collections import deque
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 
+from service.sandbox.graph_host import GraphHost
 from service.sandbox.graphstate import (
     format_datetime,
 )
-
-if TYPE_CHECKING:
-    from service.sandbox.graph import GraphSandbox
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +39,7 @@ class PendingItem:
 class Notifier:
     """Coalesces items per endpoint, POSTs them, retries with backoff, logs every attempt."""
 
-    def __init__(self, sandbox: GraphSandbox) -> None:
+    def __init__(self, sandbox: GraphHost) -> None:
         self.sandbox = sandbox
         self.options = sandbox.options
         self.log: deque[dict[str, Any]] = deque(maxlen=DELIVERY_LOG_LIMIT)

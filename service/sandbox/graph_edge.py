@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import TYPE_CHECKING
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.sandbox.entra import OAuthError
-
-if TYPE_CHECKING:
-    from service.sandbox.graph import GraphSandbox
+from service.sandbox.graph_host import GraphHost
 
 
 class EdgeMiddleware:
-    def __init__(self, app: ASGIApp, sandbox: GraphSandbox) -> None:
+    def __init__(self, app: ASGIApp, sandbox: GraphHost) -> None:
         self.app = app
         self.sandbox = sandbox
 

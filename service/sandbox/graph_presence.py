@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from service.sandbox.entra import (
     AccessContext,
@@ -15,6 +15,7 @@ from service.sandbox.graph_calls import (
     require,
 )
 from service.sandbox.graph_control import session_duration
+from service.sandbox.graph_host import GraphHost
 from service.sandbox.graphstate import (
     PREFERRED_COMBINATIONS,
     PRESENCE_MAX_IDS,
@@ -27,14 +28,11 @@ from service.sandbox.graphstate import (
     parse_duration,
 )
 
-if TYPE_CHECKING:
-    from service.sandbox.graph import GraphSandbox
-
 
 class PresenceEndpoints:
     """The presence handlers of the sandbox's Graph routes, on the sandbox's state."""
 
-    def __init__(self, sandbox: GraphSandbox) -> None:
+    def __init__(self, sandbox: GraphHost) -> None:
         self.sandbox = sandbox
 
     def require_presence_read(self, ctx: AccessContext, user_id: str | None) -> None:

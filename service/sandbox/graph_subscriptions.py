@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 import re
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from service.sandbox.entra import (
     AccessContext,
 )
 from service.sandbox.graph_calls import GraphCall, GraphResult, forbidden, json_body
+from service.sandbox.graph_host import GraphHost
 from service.sandbox.graphstate import (
     CERTIFICATE_ID_MAX,
     CLIENT_STATE_MAX,
@@ -24,14 +25,11 @@ from service.sandbox.graphstate import (
     parse_presence_resource,
 )
 
-if TYPE_CHECKING:
-    from service.sandbox.graph import GraphSandbox
-
 
 class SubscriptionEndpoints:
     """The subscription handlers of the sandbox's Graph routes, on the sandbox's state."""
 
-    def __init__(self, sandbox: GraphSandbox) -> None:
+    def __init__(self, sandbox: GraphHost) -> None:
         self.sandbox = sandbox
 
     def require_subscription_auth(self, ctx: AccessContext, operation: str) -> str:

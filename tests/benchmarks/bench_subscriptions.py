@@ -29,7 +29,8 @@ import redis.asyncio as aioredis  # noqa: E402
 from service.core import keys  # noqa: E402
 from service.core.embedded import EmbeddedValkey  # noqa: E402
 from service.core.settings import Settings  # noqa: E402
-from service.sandbox.graph import GraphSandbox, SandboxOptions  # noqa: E402
+from service.sandbox.graph import GraphSandbox  # noqa: E402
+from service.sandbox.graph_host import SandboxOptions  # noqa: E402
 from service.web.server import ServerThread  # noqa: E402
 from subscriptions.scheduler import build_scheduler  # noqa: E402
 from subscriptions.shards import CAPACITY, accounts_needed, assign  # noqa: E402

@@ -10,7 +10,7 @@ import time
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from service.core import heartbeat, keys
+from service.core import keys
 from service.core.metrics import (
     DEAD_LETTERS,
     DIRECTORY_REFRESHED,
@@ -24,9 +24,8 @@ from service.core.metrics import (
     WORKERS_ALIVE,
 )
 from service.core.settings import Settings
-from service.ops.status import streams
+from service.ops.status import streams, uci_sessions, workers_alive
 from service.starface.directory import DirectoryStore
-from service.starface.sessions import SessionStatus
 from subscriptions.scheduler import status as subscription_status
 
 log = logging.getLogger(__name__)
@@ -48,8 +47,7 @@ async def refresh_gauges(redis: aioredis.Redis, settings: Settings) -> None:
         sub = info["subscription"]
         if sub and sub.get("expires_at"):
             SUBSCRIPTION_EXPIRY.labels(account).set(float(sub["expires_at"]))
-    sessions = [SessionStatus.from_json(v) for v in (await redis.hvals(keys.UCI_SESSIONS))]
-    known = [s for s in sessions if s is not None]
+    known = await uci_sessions(redis)
     down = sum(1 for s in known if s.error is not None)
     UCI_SESSIONS.labels("up").set(len(known) - down)
     UCI_SESSIONS.labels("down").set(down)
@@ -58,8 +56,7 @@ async def refresh_gauges(redis: aioredis.Redis, settings: Settings) -> None:
     DIRECTORY_REFRESHED.set(directory.refreshed_at or 0)
     # Due now and not yet claimed: claiming moves a user out of the due set.
     RECONCILE_BACKLOG.set(int(await redis.zcount(keys.RECONCILE_DUE, "-inf", now)))
-    alive_since = now - heartbeat.WORKER_ALIVE_SECONDS
-    WORKERS_ALIVE.set(int(await redis.zcount(keys.LIVE_WORKERS, alive_since, "+inf")))
+    WORKERS_ALIVE.set(await workers_alive(redis, now))
 
 
 async def gauge_loop(

@@ -58,6 +58,17 @@ async def streams(redis: aioredis.Redis, now: float) -> dict[str, dict[str, Any]
     return {name: await _stream(redis, key, group, now) for name, key, group in STREAMS}
 
 
+async def uci_sessions(redis: aioredis.Redis) -> list[SessionStatus]:
+    """Every readable UCI session status (``status`` lists them; the gauges count them)."""
+    sessions = [SessionStatus.from_json(v) for v in await redis.hvals(keys.UCI_SESSIONS)]
+    return [s for s in sessions if s is not None]
+
+
+async def workers_alive(redis: aioredis.Redis, now: float) -> int:
+    """Worker processes whose heartbeat in Redis is recent enough to count them as running."""
+    return int(await redis.zcount(keys.LIVE_WORKERS, now - heartbeat.WORKER_ALIVE_SECONDS, "+inf"))
+
+
 async def collect(redis: aioredis.Redis, settings: Settings, *, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     report: dict[str, Any] = {"at": now}
@@ -75,8 +86,7 @@ async def collect(redis: aioredis.Redis, settings: Settings, *, now: float | Non
     ]
     dropped = await redis.hgetall(keys.DROPPED_COUNTS)
     report["dropped_notifications"] = {decoded(k): int(v) for k, v in dropped.items()}
-    sessions = [SessionStatus.from_json(v) for v in (await redis.hgetall(keys.UCI_SESSIONS)).values()]
-    known = [s for s in sessions if s is not None]
+    known = await uci_sessions(redis)
     report["starface_sessions"] = {
         "up": sum(1 for s in known if s.error is None),
         "down": [s.describe() for s in known if s.error is not None],
@@ -84,9 +94,7 @@ async def collect(redis: aioredis.Redis, settings: Settings, *, now: float | Non
     directory = await DirectoryStore(redis).status()
     report["directory"] = directory.describe()
     report["failing_users"] = await _failing_users(redis)
-    report["workers_alive"] = int(
-        await redis.zcount(keys.LIVE_WORKERS, now - heartbeat.WORKER_ALIVE_SECONDS, "+inf")
-    )
+    report["workers_alive"] = await workers_alive(redis, now)
     report["scheduler_lease"] = decoded(await redis.get(keys.SCHEDULER_LEASE) or b"") or None
     report["problems"] = _problems(report, settings, directory.refreshed_at, now)
     return report

@@ -141,6 +141,8 @@ class Runtime:
             batch=settings.worker_batch,
             claim_idle_ms=settings.worker_claim_idle_ms,
             max_deliveries=settings.worker_max_deliveries,
+            dead_letter_max_entries=settings.dead_letter_max_entries,
+            dead_letter_max_age_seconds=settings.dead_letter_max_age_days * 86_400,
         )
         await worker.consumer.ensure_group()
         await calls.ensure_group()

@@ -283,7 +283,7 @@ def build_scheduler(
 ) -> Scheduler:
     """Wire a scheduler from settings; the caller awaits ``run_forever`` or ``run_once`` and ``close``."""
     clock = clock or SystemClock()
-    box = SecretBox(settings.secret_key)
+    box = SecretBox.from_settings(settings)
     tokens = Tokens.from_settings(redis, settings, client_certificate_pfx=client_certificate_pfx)
     accounts = tokens.accounts
     graph = GraphClient(

@@ -166,7 +166,7 @@ class Tokens:
     def from_settings(
         cls, redis: aioredis.Redis, settings: Settings, *, client_certificate_pfx: str | None = None
     ) -> Tokens:
-        box = SecretBox(settings.secret_key)
+        box = SecretBox.from_settings(settings)
         return cls(
             redis,
             box,

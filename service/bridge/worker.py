@@ -46,6 +46,8 @@ class PresenceWorker:
             block_ms=block_ms,
             claim_idle_ms=settings.worker_claim_idle_ms,
             max_deliveries=settings.worker_max_deliveries,
+            dead_letter_max_entries=settings.dead_letter_max_entries,
+            dead_letter_max_age_seconds=settings.dead_letter_max_age_days * 86_400,
         )
 
     async def handle(self, entries: list[Entry]) -> dict[str, str]:

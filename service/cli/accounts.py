@@ -87,7 +87,7 @@ def run_login(
             raise CommandError(f"{account} is not listed in GRAPH_SERVICE_ACCOUNTS")
         redis = _redis(settings, redis_url)
         try:
-            box = SecretBox(settings.secret_key)
+            box = SecretBox.from_settings(settings)
             tokens = Tokens(
                 redis,
                 box,

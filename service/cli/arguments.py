@@ -6,6 +6,17 @@ from __future__ import annotations
 import argparse
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number above zero, refused with a message that says so."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be above zero")
+    return number
+
+
 def add_login_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("account", help="service account (UPN) listed in GRAPH_SERVICE_ACCOUNTS")
     method = parser.add_mutually_exclusive_group()

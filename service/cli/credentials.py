@@ -129,7 +129,7 @@ def _read_password(login: str, *, from_stdin: bool) -> str:
 
 async def _with_store(settings: Settings) -> tuple[aioredis.Redis, CredentialStore]:
     redis = aioredis.Redis.from_url(str(settings.redis_url), socket_timeout=10, socket_connect_timeout=5)
-    return redis, CredentialStore(redis, SecretBox(settings.secret_key))
+    return redis, CredentialStore(redis, SecretBox.from_settings(settings))
 
 
 async def _store(settings: Settings, passwords: dict[str, str]) -> int:

@@ -129,3 +129,14 @@ def user_decisions(user_id: str) -> str:
 
 # zset: worker process name -> last heartbeat; the last live worker to stop logs UCI sessions out
 LIVE_WORKERS = f"{PREFIX}:{{pb}}:workers:live"
+
+# Every hash whose values are sealed with the secret box, each value under the context
+# "<hash>/<field>": what `rotate secret-key` walks to re-seal everything under a new key.
+SEALED_HASHES = (
+    SUBSCRIPTION_SECRETS,
+    CERTIFICATES,
+    STARFACE_CREDENTIALS,
+    UCI_CALLBACK_SECRETS,
+    TOKEN_CACHES,
+    ACCOUNT_PASSWORDS,
+)

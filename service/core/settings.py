@@ -75,6 +75,16 @@ def _secret_key(value: str) -> str:
     return value
 
 
+def _previous_keys(value: str) -> str:
+    for part in value.split(","):
+        if len(part.strip()) < 32:
+            raise ValueError(
+                "must be comma-separated keys of at least 32 characters each (the keys that "
+                "BRIDGE_SECRET_KEY replaces)"
+            )
+    return value
+
+
 def _positive_int(value: str) -> int:
     number = int(value)
     if number <= 0:
@@ -156,6 +166,11 @@ class Settings(BaseSettings):
         "Key (>= 32 chars) that encrypts stored tokens, credentials and private keys",
         group=CORE,
     )
+    secret_key_previous: Annotated[SecretStr | None, BeforeValidator(_previous_keys)] = _setting(
+        None,
+        "BRIDGE_SECRET_KEY_PREVIOUS",
+        "Comma-separated earlier BRIDGE_SECRET_KEYs still accepted for reading while a rotation runs",
+    )
     tenant_id: str = _setting("", "AZURE_TENANT_ID", "Entra directory (tenant) id", group=CORE)
     client_id: str = _setting(
         "", "AZURE_CLIENT_ID", "Application (client) id of the app registration", group=CORE
@@ -194,6 +209,12 @@ class Settings(BaseSettings):
         5,
         "WORKER_MAX_DELIVERIES",
         "Deliveries after which a failing stream entry moves to the dead-letter stream",
+    )
+    dead_letter_max_entries: Annotated[int, BeforeValidator(_positive_int)] = _setting(
+        10000, "DEAD_LETTER_MAX_ENTRIES", "Most dead letters kept; the oldest beyond it are dropped"
+    )
+    dead_letter_max_age_days: Annotated[int, BeforeValidator(_positive_int)] = _setting(
+        14, "DEAD_LETTER_MAX_AGE_DAYS", "Days a dead letter is kept for inspection and replay"
     )
     worker_claim_idle_ms: Annotated[int, BeforeValidator(_positive_int)] = _setting(
         60000, "WORKER_CLAIM_IDLE_MS", "Idle time after which a dead consumer's pending entries are reclaimed"
@@ -333,6 +354,11 @@ class Settings(BaseSettings):
                 update={"openid_metadata_url": _default_metadata(settings.authority_base_url)}
             )
         return settings
+
+    def previous_secret_keys(self) -> tuple[str, ...]:
+        """The keys ``BRIDGE_SECRET_KEY`` replaced, which stored values may still be sealed with."""
+        raw = reveal(self.secret_key_previous) or ""
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
 
     def masked(self) -> dict[str, Any]:
         """All settings with secrets replaced, for ``status`` output and logs."""

@@ -157,7 +157,7 @@ class DemoWorld:
         }
         self.settings = Settings.from_env(env, env_file=None)
         self._redis = connect_worker(self.redis_url)
-        box = SecretBox(self.settings.secret_key)
+        box = SecretBox.from_settings(self.settings)
         await CredentialStore(self._redis, box).put_many(
             {p.login: self._password(p.login) for p in self.people}
         )

@@ -164,7 +164,7 @@ class SessionManager:
         self.redis = redis
         self.settings = settings
         self.http = http
-        self.box = SecretBox(settings.secret_key)
+        self.box = SecretBox.from_settings(settings)
         self.credentials = credentials or CredentialStore(redis, self.box)
         # PUBLIC_BASE_URL by default; tests point the PBX at a loopback server instead.
         self.callback_base_url = callback_base_url or settings.public_base_url

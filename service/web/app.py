@@ -69,7 +69,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis = connect_web(url)
-        box = SecretBox(settings.secret_key)
+        box = SecretBox.from_settings(settings)
         signing_keys = SigningKeys(
             settings.openid_metadata_url,
             http_session_factory(settings),

@@ -161,6 +161,7 @@ def test_secrets_are_secret_types_and_never_in_errors() -> None:
     secrets = {f.env for f in FIELDS if f.secret}
     assert secrets == {
         "BRIDGE_SECRET_KEY",
+        "BRIDGE_SECRET_KEY_PREVIOUS",
         "AZURE_CLIENT_SECRET",
         "STARFACE_ADMIN_PASSWORD",
         "STARFACE_OAUTH_CLIENT_SECRET",
@@ -168,3 +169,12 @@ def test_secrets_are_secret_types_and_never_in_errors() -> None:
     with pytest.raises(SettingsError) as caught:
         Settings.from_env(dict(GOOD, BRIDGE_SECRET_KEY="tooshort-but-secret"), env_file=None)
     assert "tooshort-but-secret" not in str(caught.value)
+
+
+def test_previous_secret_keys_are_listed_and_each_must_be_long_enough() -> None:
+    s = Settings.from_env(dict(GOOD, BRIDGE_SECRET_KEY_PREVIOUS=f"{'a' * 32}, {'b' * 40}"), env_file=None)
+    assert s.previous_secret_keys() == ("a" * 32, "b" * 40)
+    assert Settings.from_env(GOOD, env_file=None).previous_secret_keys() == ()
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(dict(GOOD, BRIDGE_SECRET_KEY_PREVIOUS=f"{'a' * 32},short"), env_file=None)
+    assert caught.value.problems[0].startswith("BRIDGE_SECRET_KEY_PREVIOUS must be comma-separated")

@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.core import watchdog
+
 DEFAULT_DIR = Path(tempfile.gettempdir()) / "presence-bridge"
 PERIOD_SECONDS = 5.0
 # A probe calls a role dead after this long without a beat: several missed periods, so that one
@@ -49,6 +51,7 @@ async def run(
     while not stop.is_set():
         with contextlib.suppress(OSError):  # a full disk must not stop the bridge; the probe will say
             beat(directory, roles)
+        watchdog.notify("WATCHDOG=1")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=period)
     for role in roles:  # a clean stop is not a stuck loop: leave no beat behind to be misread

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +27,17 @@ def test_health_follows_the_event_loop_of_a_serve_process(redis_env: dict[str, s
     base = f"http://127.0.0.1:{port}"
     assert _health("web", beats, tmp_path, redis_env)[0] == 1  # nothing runs yet
     args = ["serve", "--role", "web", "--port", str(port), "--heartbeat-dir", str(beats)]
-    with CliProcess(args, redis_env, tmp_path) as process, httpx.Client(trust_env=False, timeout=2) as http:
+    # As systemd would run it (deploy/systemd/): the loop also feeds the service watchdog.
+    manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    manager_path = Path(tempfile.mkdtemp(prefix="pb-notify-")) / "notify"  # short: 108-byte limit
+    manager.bind(str(manager_path))
+    manager.settimeout(15)
+    env = {**redis_env, "NOTIFY_SOCKET": str(manager_path)}
+    with (
+        manager,
+        CliProcess(args, env, tmp_path) as process,
+        httpx.Client(trust_env=False, timeout=2) as http,
+    ):
 
         def live() -> bool:
             try:
@@ -34,6 +46,7 @@ def test_health_follows_the_event_loop_of_a_serve_process(redis_env: dict[str, s
                 return False
 
         process.poll_until(live, timeout=15, what="/livez answering 200")
+        assert manager.recv(256) == b"WATCHDOG=1"
         code, text = _health("web", beats, tmp_path, redis_env)
         assert code == 0, text
         assert f"pid {process.process.pid}" in text

@@ -291,15 +291,21 @@ def test_compose_publishes_only_the_proxy_and_never_metrics() -> None:
             assert str(port).split(":")[-1].split("/")[0] not in metrics_ports, f"{name} publishes metrics"
 
 
-def test_compose_roles_without_a_web_tier_replace_the_healthz_check() -> None:
+def test_compose_roles_without_a_web_tier_check_their_heartbeat() -> None:
     for name in bridge_services():
         args = compose_serve(name)
         if args.role in ("web", "all"):
             continue
         check = compose_services()[name].get("healthcheck")
-        assert check, f"{name} ({args.role}) would inherit the image's /healthz check but serves no web"
-        test = " ".join(command_list(check["test"], name))
-        assert f":{args.metrics_port}/" in test, f"{name}: the health check does not ask the metrics port"
+        assert check, f"{name} ({args.role}) would inherit the image's /livez check but serves no web"
+        # The event loop's heartbeat, not the metrics port (served from a thread, it outlives a stuck loop).
+        assert command_list(check["test"], name) == [
+            "CMD",
+            "presence-bridge",
+            "health",
+            "--role",
+            args.role,
+        ], f"{name}: the health check does not read the {args.role} heartbeat"
 
 
 # -- Caddy -------------------------------------------------------------------------------------
@@ -349,7 +355,7 @@ def test_dockerfile_runs_the_cli_as_non_root() -> None:
     assert {str(args.port), "9100"} <= exposed
 
 
-def test_dockerfile_installs_only_from_pypi_and_checks_healthz_with_python() -> None:
+def test_dockerfile_installs_only_from_pypi_and_checks_livez_with_python() -> None:
     instructions = dockerfile_instructions()
     runs = " ".join(rest for word, rest in instructions if word == "RUN")
     assert re.search(r"\bpip install\b[^&;]*\s\.(\s|$)", runs), "the package is not installed with pip"
@@ -360,7 +366,7 @@ def test_dockerfile_installs_only_from_pypi_and_checks_healthz_with_python() -> 
     assert checks, "no HEALTHCHECK"
     check = checks[-1]
     default_port = serve_args(dockerfile_exec_form("CMD"), "Dockerfile CMD").port
-    assert f":{default_port}/healthz" in check
+    assert f":{default_port}/livez" in check
     assert "python" in check, "the slim image has no curl: check with python"
 
 
@@ -447,10 +453,15 @@ def test_bridge_deployments_have_probes_resources_and_run_as_non_root() -> None:
         if role == "web":
             assert ports.get("http") == args.port, f"{where}: http port differs from --port"
             assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-            assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-        for probe in ("livenessProbe", "readinessProbe"):
-            port = container[probe]["httpGet"]["port"]
-            assert port in ports or port in ports.values(), f"{where}: {probe} asks undeclared port {port}"
+            assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+            for probe in ("livenessProbe", "readinessProbe"):
+                port = container[probe]["httpGet"]["port"]
+                assert port in ports or port in ports.values(), f"{where}: {probe} asks undeclared port {port}"
+        else:
+            # A role without a web tier proves its event loop alive through its heartbeat file.
+            expected = ["presence-bridge", "health", "--role", role]
+            for probe in ("livenessProbe", "readinessProbe"):
+                assert container[probe]["exec"]["command"] == expected, f"{where}: {probe}"
 
 
 @pytest.mark.parametrize("kind", WORKLOAD_KINDS)

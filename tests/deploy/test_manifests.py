@@ -456,7 +456,8 @@ def test_bridge_deployments_have_probes_resources_and_run_as_non_root() -> None:
             assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
             for probe in ("livenessProbe", "readinessProbe"):
                 port = container[probe]["httpGet"]["port"]
-                assert port in ports or port in ports.values(), f"{where}: {probe} asks undeclared port {port}"
+                declared = port in ports or port in ports.values()
+                assert declared, f"{where}: {probe} asks undeclared port {port}"
         else:
             # A role without a web tier proves its event loop alive through its heartbeat file.
             expected = ["presence-bridge", "health", "--role", role]

@@ -49,6 +49,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": redact(record.getMessage()),
         }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):  # structured events (the access log) carry their own keys
+            event.update((k, v) for k, v in fields.items() if k not in event)
         rid = request_id.get()
         if rid:
             event["request_id"] = rid

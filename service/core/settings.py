@@ -227,6 +227,9 @@ class Settings(BaseSettings):
         "RECONCILE_CONCURRENCY",
         "Users one worker process reconciles at the same time (each waits on STARFACE or Graph)",
     )
+    access_log: Annotated[bool, BeforeValidator(_bool)] = _setting(
+        True, "ACCESS_LOG", "Log every request to the public endpoints as JSON (method, path, status, time)"
+    )
     log_level: Annotated[str, BeforeValidator(_choice("DEBUG", "INFO", "WARNING", "ERROR"))] = _setting(
         "INFO", "LOG_LEVEL", "Log level"
     )

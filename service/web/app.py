@@ -22,6 +22,7 @@ from service.graph.certificates import CertificateStore
 from service.graph.clientstate import ClientStates
 from service.graph.validation_tokens import SigningKeys, TokenVerifier
 from service.web import graph_endpoints as webhook
+from service.web.access import AccessLogMiddleware
 
 
 def http_session_factory(settings: Settings) -> Callable[[], aiohttp.ClientSession]:
@@ -102,4 +103,8 @@ def create_app(
         Route("/readyz", readyz),
         *(extra_routes or []),
     ]
-    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(RequestIdMiddleware)])
+    middleware = [Middleware(RequestIdMiddleware)]
+    if settings.access_log:
+        # Inside the request id middleware, so each access event carries the request's id.
+        middleware.append(Middleware(AccessLogMiddleware))
+    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)

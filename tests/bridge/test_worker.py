@@ -118,6 +118,17 @@ async def test_poison_entry_moves_to_dead_letters_after_n_deliveries(
     assert (await ObservedStore(redis_client).get(USER)) is not None
 
 
+async def test_dead_letters_are_bounded_by_the_setting(
+    redis_client: aioredis.Redis, make_settings: Callable[..., Settings]
+) -> None:
+    for i in range(5):
+        await redis_client.xadd(keys.PRESENCE_STREAM, {"change": f"{{not json {i}"})
+    settings = make_settings(WORKER_MAX_DELIVERIES=1, DEAD_LETTER_MAX_ENTRIES=2, DEAD_LETTER_MAX_AGE_DAYS=1)
+    await worker(redis_client, settings).drain()
+    dead = await stream_entries(redis_client, keys.DEAD_LETTER_STREAM)
+    assert [json.loads(fields["fields"])["change"] for _, fields in dead] == ["{not json 3", "{not json 4"]
+
+
 async def test_handler_failure_is_retried_not_lost(
     redis_client: aioredis.Redis, make_settings: Callable[..., Settings]
 ) -> None:

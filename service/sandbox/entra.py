@@ -19,16 +19,12 @@ import hmac
 import json
 import secrets
 import string
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
-
-import jwt
 
 from service.sandbox.clock import Clock
 from service.sandbox.entra_model import (
     APPLICATION_PERMISSIONS,
-    CHANGE_TRACKING_APP_ID,
     DELEGATED_PERMISSIONS,
     DEVICE_CODE_GRANT,
     GRAPH_APP_ID,
@@ -64,6 +60,7 @@ from service.sandbox.entra_model import (
 from service.sandbox.entra_model import (
     TokenRejected as TokenRejected,
 )
+from service.sandbox.entra_tokens import TenantSigning, pairwise
 
 
 class EntraTenant:
@@ -85,12 +82,16 @@ class EntraTenant:
         self.clock = clock
         self.tenant_id = tenant_id
         self.domain = domain
-        self.keys: list[SigningKey] = [signing_key or SigningKey()]
-        self.access_token_lifetime = access_token_lifetime
+        self.signing = TenantSigning(
+            clock,
+            tenant_id,
+            signing_key,
+            access_token_lifetime=access_token_lifetime,
+            validation_token_lifetime=validation_token_lifetime,
+        )
         self.refresh_token_inactivity = refresh_token_inactivity
         self.device_code_lifetime = device_code_lifetime
         self.device_code_interval = device_code_interval
-        self.validation_token_lifetime = validation_token_lifetime
         self.apps: dict[str, AppRegistration] = {}
         self.accounts: dict[str, Account] = {}
         # (client_id, user_id) pairs whose delegated consent was revoked; user_id None = everyone.
@@ -103,15 +104,26 @@ class EntraTenant:
     # ---- directory -------------------------------------------------------------------------
 
     @property
+    def access_token_lifetime(self) -> int:
+        return self.signing.access_token_lifetime
+
+    @property
+    def keys(self) -> list[SigningKey]:
+        return self.signing.keys
+
+    @property
     def active_key(self) -> SigningKey:
-        return self.keys[-1]
+        return self.signing.active
 
     def rotate_signing_key(self) -> SigningKey:
-        """Publish a new key and sign with it; the old one stays in the JWKS, as Entra overlaps them."""
-        key = SigningKey()
-        self.keys.append(key)
-        del self.keys[:-2]
-        return key
+        return self.signing.rotate()
+
+    def verify_access_token(self, token: str, *, leeway: float = 300) -> AccessContext:
+        """Check a Graph bearer token against the sandbox keys and clock; raise ``TokenRejected``."""
+        return self.signing.verify(token, known_app=self.apps.__contains__, leeway=leeway)
+
+    def validation_token(self, app_id: str, version: str = "v2") -> str:
+        return self.signing.validation_token(app_id, version)
 
     def add_app(self, app: AppRegistration) -> AppRegistration:
         if app.client_id in self.apps:
@@ -225,8 +237,7 @@ class EntraTenant:
         }
 
     def jwks(self) -> dict[str, Any]:
-        issuer = V2_ISSUER.format(tid="{tenantid}")
-        return {"keys": [key.jwk(issuer) for key in self.keys]}
+        return self.signing.jwks()
 
     def user_realm(self, username: str) -> dict[str, Any]:
         _, _, domain = username.rpartition("@")
@@ -433,7 +444,7 @@ class EntraTenant:
                 "(application ID URI).",
             )
         now = self.clock.now()
-        claims = self._access_claims(app, now)
+        claims = self.signing.access_claims(app, now)
         claims.update(
             {
                 "idtyp": "app",
@@ -563,12 +574,12 @@ class EntraTenant:
         now = self.clock.now()
         # The access token carries every consented permission of the resource, as Entra's does.
         scp = sorted(consented)
-        claims = self._access_claims(app, now)
+        claims = self.signing.access_claims(app, now)
         claims.update(
             {
                 "idtyp": "user",
                 "oid": account.id,
-                "sub": _pairwise(account.id, app.client_id),
+                "sub": pairwise(account.id, app.client_id),
                 "scp": " ".join(scp),
                 "upn": account.user_principal_name,
                 "unique_name": account.user_principal_name,
@@ -594,139 +605,16 @@ class EntraTenant:
             )
             result["refresh_token"] = token
         if "openid" in request.oidc:
-            result["id_token"] = self.active_key.sign(self._id_claims(app, account, now, form))
+            result["id_token"] = self.active_key.sign(self.signing.id_claims(app, account, now, form))
         if form.get("client_info") == "1":
             info = {"uid": account.id, "utid": self.tenant_id}
             result["client_info"] = b64url(json.dumps(info).encode())
         return result
 
-    def _access_claims(self, app: AppRegistration, now: float) -> dict[str, Any]:
-        issued = int(now)
-        return {
-            "aud": GRAPH_RESOURCE,
-            "iss": V1_ISSUER.format(tid=self.tenant_id),
-            "iat": issued,
-            "nbf": issued,
-            "exp": issued + self.access_token_lifetime,
-            "app_displayname": app.display_name,
-            "appid": app.client_id,
-            "appidacr": "1" if app.client_secret is not None else "0",
-            "tid": self.tenant_id,
-            "uti": b64url(secrets.token_bytes(16)),
-            "ver": "1.0",
-        }
-
-    def _id_claims(
-        self, app: AppRegistration, account: Account, now: float, form: dict[str, str]
-    ) -> dict[str, Any]:
-        issued = int(now)
-        claims: dict[str, Any] = {
-            "aud": app.client_id,
-            "iss": V2_ISSUER.format(tid=self.tenant_id),
-            "iat": issued,
-            "nbf": issued,
-            "exp": issued + 3600,
-            "name": account.display_name,
-            "oid": account.id,
-            "preferred_username": account.user_principal_name,
-            "sub": _pairwise(account.id, app.client_id),
-            "tid": self.tenant_id,
-            "uti": b64url(secrets.token_bytes(16)),
-            "ver": "2.0",
-        }
-        if form.get("nonce"):
-            claims["nonce"] = form["nonce"]
-        return claims
-
-    # ---- tokens Graph receives and sends -----------------------------------------------------
-
-    def verify_access_token(self, token: str, *, leeway: float = 300) -> AccessContext:
-        """Check a Graph bearer token against the sandbox keys and clock; raise ``TokenRejected``."""
-        if not token:
-            raise TokenRejected("Access token is empty.")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise TokenRejected("CompactToken parsing failed with error code: 80049217") from None
-        key = next((k for k in self.keys if k.kid == header.get("kid")), None)
-        if key is None:
-            raise TokenRejected("Access token validation failure. Signing key not found.")
-        try:
-            claims = jwt.decode(
-                token,
-                key.private_key.public_key(),
-                algorithms=["RS256"],
-                options={"verify_aud": False, "verify_exp": False, "verify_nbf": False, "verify_iat": False},
-            )
-        except jwt.PyJWTError:
-            raise TokenRejected("Access token validation failure. Invalid signature.") from None
-        if claims.get("aud") not in (GRAPH_RESOURCE, GRAPH_APP_ID, f"{GRAPH_RESOURCE}/"):
-            raise TokenRejected("Access token validation failure. Invalid audience.")
-        if claims.get("iss") != V1_ISSUER.format(tid=self.tenant_id):
-            raise TokenRejected("Access token validation failure. Invalid issuer.")
-        now = self.clock.now()
-        exp = float(claims.get("exp", 0))
-        if now > exp + leeway:
-            raise TokenRejected("Lifetime validation failed, the token is expired.")
-        if now + leeway < float(claims.get("nbf", 0)):
-            raise TokenRejected("Lifetime validation failed, the token is not yet valid.")
-        app_id = str(claims.get("appid", ""))
-        if app_id not in self.apps:
-            raise TokenRejected("Access token validation failure. Unknown application.")
-        user_id = claims.get("oid") if claims.get("idtyp") == "user" else None
-        scopes = frozenset(str(claims.get("scp", "")).split())
-        return AccessContext(
-            app_id=app_id,
-            tenant_id=str(claims.get("tid", "")),
-            user_id=str(user_id) if user_id else None,
-            scopes=scopes,
-            roles=frozenset(str(role) for role in claims.get("roles", [])),
-            issued_at=float(claims.get("iat", 0)),
-            expires_at=exp,
-        )
-
-    def validation_token(self, app_id: str, version: str = "v2") -> str:
-        """A change-notification ``validationTokens`` entry for one app in this tenant (validation tokens: https://learn.microsoft.com/en-us/graph/change-notifications-with-resource-data)."""
-        now = int(self.clock.now())
-        claims: dict[str, Any] = {
-            "aud": app_id,
-            "iat": now,
-            "nbf": now,
-            "exp": now + self.validation_token_lifetime,
-            "tid": self.tenant_id,
-            "oid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"change-tracking/{self.tenant_id}")),
-            "sub": str(uuid.uuid5(uuid.NAMESPACE_URL, f"change-tracking/{self.tenant_id}")),
-            "idtyp": "app",
-            "uti": b64url(secrets.token_bytes(16)),
-        }
-        if version == "v1":
-            claims.update(
-                {
-                    "iss": V1_ISSUER.format(tid=self.tenant_id),
-                    "appid": CHANGE_TRACKING_APP_ID,
-                    "appidacr": "2",
-                    "ver": "1.0",
-                }
-            )
-        else:
-            claims.update(
-                {
-                    "iss": V2_ISSUER.format(tid=self.tenant_id),
-                    "azp": CHANGE_TRACKING_APP_ID,
-                    "azpacr": "2",
-                    "ver": "2.0",
-                }
-            )
-        return self.active_key.sign(claims)
-
 
 def _digest(token: str) -> str:
     # Refresh tokens are kept only as digests: a dump of the sandbox state holds no usable token.
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def _pairwise(user_id: str, client_id: str) -> str:
-    return b64url(hashlib.sha256(f"{user_id}:{client_id}".encode()).digest())
 
 
 def _iso(epoch: float) -> str:

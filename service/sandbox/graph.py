@@ -52,15 +52,9 @@ from service.sandbox.graph_host import FaultBook, SandboxOptions
 from service.sandbox.graph_presence import PresenceEndpoints
 from service.sandbox.graph_queries import graph_response, select_fields, status_code_name, user_filter
 from service.sandbox.graph_subscriptions import SubscriptionEndpoints
-from service.sandbox.graphstate import (
-    GraphError,
-    PresenceBook,
-    RateLimiter,
-    Subscription,
-    SubscriptionBook,
-    bad_request,
-    format_datetime,
-)
+from service.sandbox.graphstate import GraphError, bad_request, format_datetime
+from service.sandbox.presence_book import PresenceBook
+from service.sandbox.subscription_book import RateLimiter, Subscription, SubscriptionBook
 from service.sandbox.tls import CertificateAuthority
 from service.web.body import BodyTooLarge, read_bounded
 from service.web.server import ServerThread

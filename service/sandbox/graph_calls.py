@@ -11,10 +11,7 @@ from typing import Any
 from service.sandbox.entra import (
     AccessContext,
 )
-from service.sandbox.graphstate import (
-    GraphError,
-    bad_request,
-)
+from service.sandbox.graphstate import GraphError, bad_request
 
 # ---- Graph request plumbing ------------------------------------------------------------------
 

@@ -18,17 +18,9 @@ from service.sandbox.entra import (
     AppRegistration,
 )
 from service.sandbox.graph_host import Fault, GraphHost
-from service.sandbox.graphstate import (
-    ACTIVITIES,
-    AVAILABILITIES,
-    SESSION_MAX,
-    SESSION_MIN,
-    GraphError,
-    Subscription,
-    bad_request,
-    format_datetime,
-    parse_duration,
-)
+from service.sandbox.graphstate import GraphError, bad_request, format_datetime, parse_duration
+from service.sandbox.presence_book import ACTIVITIES, AVAILABILITIES, SESSION_MAX, SESSION_MIN
+from service.sandbox.subscription_book import Subscription
 from service.web.body import read_bounded
 
 

@@ -15,9 +15,7 @@ from typing import Any
 import aiohttp
 
 from service.sandbox.graph_host import GraphHost
-from service.sandbox.graphstate import (
-    format_datetime,
-)
+from service.sandbox.graphstate import format_datetime
 
 log = logging.getLogger(__name__)
 

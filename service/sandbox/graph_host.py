@@ -16,7 +16,8 @@ from typing import Any, Protocol
 
 from service.sandbox.clock import Clock
 from service.sandbox.entra import AccessContext, Account, EntraTenant, SigningKey
-from service.sandbox.graphstate import PresenceBook, RateLimiter, Subscription, SubscriptionBook
+from service.sandbox.presence_book import PresenceBook
+from service.sandbox.subscription_book import RateLimiter, Subscription, SubscriptionBook
 
 
 @dataclass

@@ -16,17 +16,9 @@ from service.sandbox.graph_calls import (
 )
 from service.sandbox.graph_control import session_duration
 from service.sandbox.graph_host import GraphHost
-from service.sandbox.graphstate import (
-    PREFERRED_COMBINATIONS,
-    PRESENCE_MAX_IDS,
-    SESSION_DEFAULT,
-    SET_PRESENCE_COMBINATIONS,
-    GraphError,
-    bad_request,
-    format_datetime,
-    normalize_ids,
-    parse_duration,
-)
+from service.sandbox.graphstate import GraphError, bad_request, format_datetime, normalize_ids, parse_duration
+from service.sandbox.presence_book import PREFERRED_COMBINATIONS, SESSION_DEFAULT, SET_PRESENCE_COMBINATIONS
+from service.sandbox.subscription_book import PRESENCE_MAX_IDS
 
 
 class PresenceEndpoints:

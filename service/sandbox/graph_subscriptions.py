@@ -12,13 +12,12 @@ from service.sandbox.entra import (
 )
 from service.sandbox.graph_calls import GraphCall, GraphResult, forbidden, json_body
 from service.sandbox.graph_host import GraphHost
-from service.sandbox.graphstate import (
+from service.sandbox.graphstate import GraphError, bad_request
+from service.sandbox.subscription_book import (
     CERTIFICATE_ID_MAX,
     CLIENT_STATE_MAX,
     REAUTHORIZE_PATCH_GAP,
-    GraphError,
     Subscription,
-    bad_request,
     expiration,
     https_url,
     parse_certificate,

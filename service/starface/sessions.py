@@ -186,6 +186,10 @@ class SessionManager:
         self._claim = redis.register_script(_CLAIM)
         self._complete = redis.register_script(_COMPLETE)
         self._clients: dict[str, tuple[bytes, UciClient]] = {}
+        # One login at a time per user in this process: DND and text are written together, and
+        # after a dropped session each would otherwise log in again (and replace the other's).
+        self._login_locks: dict[str, asyncio.Lock] = {}
+        self._logins_done: dict[str, int] = {}
 
     # -- selection ------------------------------------------------------------------------------
 
@@ -256,12 +260,13 @@ class SessionManager:
         previous = await self.status(login)
         try:
             client = await self._client(login)
+            seen = self._logins_done.get(login, 0)
             if previous is None or previous.state != ACTIVE:
-                await self._login(login, client, now)
+                await self._single_login(login, client, now, seen, previous)
                 return now + self.keepalive, "login", self._ok(login, now, previous)
             if await client.keep_alive():
                 return now + self.keepalive, "keepalive", self._ok(login, now, previous)
-            await self._login(login, client, now)
+            await self._single_login(login, client, now, seen, previous)
             return now + self.keepalive, "relogin", self._ok(login, now, previous)
         except GatewayError as exc:
             kind = _kind(exc)
@@ -453,22 +458,34 @@ class SessionManager:
     async def read_state(self, login: str) -> UserState:
         return await self._act(login, lambda client: client.user_state())
 
+    async def _single_login(
+        self, login: str, client: UciClient, now: float, seen: int, previous: SessionStatus | None
+    ) -> None:
+        """Log in unless another task of this process did since ``seen`` (its count of logins)."""
+        lock = self._login_locks.setdefault(login, asyncio.Lock())
+        async with lock:
+            if self._logins_done.get(login, 0) != seen:
+                return
+            await self._login(login, client, now)
+            self._logins_done[login] = seen + 1
+            await self._record(self._ok(login, now, previous))
+
     async def _act(self, login: str, action: Callable[[UciClient], Awaitable[T]]) -> T:
         """Run ``action`` on the user's session, logging in first or again when the PBX needs it."""
         if not await self.selected(login):
             raise UnknownUser(login)
         now = self.clock()
+        seen = self._logins_done.get(login, 0)
         previous = await self.status(login)
         try:
             client = await self._client(login)
             if previous is None or previous.state != ACTIVE:
-                await self._login(login, client, now)
-                await self._record(self._ok(login, now, previous))
+                await self._single_login(login, client, now, seen, previous)
+                seen = self._logins_done.get(login, 0)
             try:
                 return await action(client)
             except SessionExpired:
-                await self._login(login, client, now)
-                await self._record(self._ok(login, now, previous))
+                await self._single_login(login, client, now, seen, previous)
                 return await action(client)
         except (CredentialsMissing, CredentialsUnreadable, LoginRefused) as exc:
             await self._record(self._failed(login, now, _kind(exc), exc, previous))

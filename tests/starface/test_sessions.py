@@ -266,6 +266,23 @@ async def test_gateway_logs_in_on_demand_and_after_a_drop(env: Env) -> None:
     assert env.pbx.user("0002")["dnd"] is False
 
 
+async def test_concurrent_writes_after_a_dropped_session_log_in_once(env: Env) -> None:
+    await env.manager.sync(["0001"], now=env.t0)
+    await env.manager.set_dnd("0001", False)
+    for _ in range(3):
+        env.pbx.drop_session("0001")
+        # DND and status text go out together, as the reconciler sends them.
+        await asyncio.gather(
+            env.manager.set_dnd("0001", True),
+            env.manager.set_status_text("0001", "Im Gespräch"),
+            env.manager.read_state("0001"),
+        )
+    # A second login would have replaced the first session: none was replaced.
+    drops = [d["reason"] for d in env.pbx.state()["sessionDrops"] if d["login"] == "0001"]
+    assert drops == ["dropped"] * 3
+    assert (env.pbx.user("0001")["dnd"], env.pbx.user("0001")["statusText"]) == (True, "Im Gespräch")
+
+
 async def test_logout_all_at_shutdown(env: Env) -> None:
     await env.manager.sync(["0001", "0002"], now=env.t0)
     await env.manager.run_due(env.t0)

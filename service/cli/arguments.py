@@ -48,3 +48,18 @@ def add_renew_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="lease TTL for this pass (default SCHEDULER_LEASE_SECONDS)",
     )
+
+
+def add_credentials_arguments(parser: argparse.ArgumentParser) -> None:
+    """Subcommands of ``starface credentials``."""
+    sub = parser.add_subparsers(dest="credentials_command", required=True, metavar="COMMAND")
+    imp = sub.add_parser("import", help="import login,password rows from a CSV file (all or nothing)")
+    imp.add_argument("file", help="CSV file with the header login,password")
+    one = sub.add_parser("set", help="set the password of one login (asked without echo)")
+    one.add_argument("login", help="STARFACE login ID")
+    one.add_argument(
+        "--password-stdin", action="store_true", help="read the password from the first line of stdin"
+    )
+    sub.add_parser("list", help="list the login IDs that have stored credentials (never passwords)")
+    rm = sub.add_parser("delete", help="delete the stored credentials of one login")
+    rm.add_argument("login", help="STARFACE login ID")

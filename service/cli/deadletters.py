@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 from service.cli.policy import EXIT_OK, UsageError
 from service.cli.store import with_redis
-from service.core.settings import Settings
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -43,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from service.bridge.deadletters import DeadLetters, UnknownDeadLetter
+    from service.core.settings import Settings
 
     command = args.dead_letters_command
     if command != "list" and bool(args.ids) == bool(args.all):

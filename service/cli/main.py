@@ -21,15 +21,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
-from service.cli.arguments import add_login_arguments, add_renew_arguments
+from service.cli.arguments import add_credentials_arguments, add_login_arguments, add_renew_arguments
 from service.cli.policy import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PREFIX, CommandFailed, UsageError, say
 from service.cli.store import valkey_dir, with_redis
 from service.core import heartbeat
 from service.core.embedded import EmbeddedValkey, EmbeddedValkeyError, redis_url_for
-from service.core.settings import CORE, GRAPH_APP, ROLES, Settings, SettingsError, required_groups
+from service.core.roles import CORE, GRAPH_APP, ROLES, SettingsError, required_groups
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
+
+    from service.core.settings import Settings
 
 log = logging.getLogger("presence_bridge")
 
@@ -43,6 +45,9 @@ def configure_logging(level: str) -> None:
 
 
 def _settings(require: Sequence[str]) -> Settings:
+    # Imported here: pydantic costs a fifth of a second, which --help and `health` need not pay.
+    from service.core.settings import Settings
+
     return Settings.from_env(require=require)
 
 
@@ -474,8 +479,6 @@ def _add_mapping(sub: Subparsers) -> None:
 
 
 def _add_starface(sub: Subparsers) -> None:
-    from service.cli import credentials
-
     parser = sub.add_parser(
         "starface",
         help="manage per-user STARFACE credentials",
@@ -490,14 +493,14 @@ def _add_starface(sub: Subparsers) -> None:
             "login ID and password. They are stored encrypted with BRIDGE_SECRET_KEY and never printed."
         ),
     )
-    credentials.add_arguments(creds)
+    add_credentials_arguments(creds)
     creds.set_defaults(handler=_run_credentials)
 
 
 def _run_credentials(args: argparse.Namespace) -> int:
     from service.cli import credentials
 
-    settings = Settings.from_env(require=())
+    settings = _settings(())
     with redis_url_for(settings.redis_url, valkey_dir(settings)) as url:
         return credentials.run(args, redis_url=url)
 

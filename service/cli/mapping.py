@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-
-import redis.asyncio as aioredis
+from typing import TYPE_CHECKING
 
 from service.bridge.mapping import LANGUAGES, MappingError, format_table, load_mapping
 from service.cli.policy import EXIT_OK, EXIT_USAGE
 from service.cli.store import with_redis
-from service.core.settings import Settings
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +42,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_preview(args: argparse.Namespace) -> int:
+    from service.core.settings import Settings
     from service.ops.explain import preview
 
     try:

@@ -8,12 +8,20 @@ from typing import TYPE_CHECKING, TypeAlias
 from service.cli.arguments import positive_int
 from service.cli.policy import EXIT_FAILURE, EXIT_OK
 from service.cli.store import with_redis
-from service.core.settings import CORE, Settings
+from service.core.roles import CORE
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
+    from service.core.settings import Settings
+
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _settings() -> Settings:
+    from service.core.settings import Settings
+
+    return Settings.from_env(require=[CORE])
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -62,7 +70,7 @@ def run_certificate(args: argparse.Namespace) -> int:
     from service.core.secretbox import SecretBox
     from service.graph.certificates import CertificateStore
 
-    settings = Settings.from_env(require=[CORE])
+    settings = _settings()
 
     async def job(redis: aioredis.Redis) -> int:
         store = CertificateStore(redis, SecretBox.from_settings(settings))
@@ -81,7 +89,7 @@ def run_secret_key(args: argparse.Namespace) -> int:
     from service.core.secretbox import SecretBox
     from service.ops.reseal import reseal
 
-    settings = Settings.from_env(require=[CORE])
+    settings = _settings()
     box = SecretBox.from_settings(settings)
 
     async def job(redis: aioredis.Redis) -> int:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from typing import TYPE_CHECKING
 
 from service.cli.policy import CommandFailed
 from service.core.embedded import EmbeddedValkeyError, redis_url_for
-from service.core.settings import Settings
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+    from service.core.settings import Settings
 
 
 def valkey_dir(settings: Settings) -> Path:
@@ -20,6 +22,10 @@ def valkey_dir(settings: Settings) -> Path:
 
 def with_redis(settings: Settings, job: Callable[[aioredis.Redis], Awaitable[int]]) -> int:
     """Run ``job`` with a Redis client on the configured or embedded server."""
+
+    # Imported when a command talks to Redis, not when the parser is built (--help stays fast).
+    import redis.asyncio as aioredis
+    from redis.exceptions import RedisError
 
     async def run(url: str) -> int:
         client = aioredis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)

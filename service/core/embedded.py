@@ -13,8 +13,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import redis
-
 
 class EmbeddedValkeyError(Exception):
     """The embedded server could not be started; ``log`` holds the end of its output."""
@@ -76,6 +74,8 @@ class EmbeddedValkey:
             "no",
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
+        import redis  # here, not at the top: commands that never start a server stay light
+
         deadline = time.monotonic() + timeout
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         try:
@@ -136,6 +136,8 @@ def running_url(data_dir: Path) -> str | None:
         port = int((data_dir / "port").read_text().strip())
     except (OSError, ValueError):
         return None
+    import redis
+
     client = redis.Redis(port=port, socket_connect_timeout=0.5, socket_timeout=1)
     try:
         if client.ping():

@@ -22,28 +22,9 @@ from pydantic import BeforeValidator, SecretStr, ValidationError
 from pydantic import Field as SchemaField
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-# Groups of settings that only some roles need: the web tier alone never talks to STARFACE.
-CORE = "core"
-GRAPH_APP = "graph_app"
-STARFACE = "starface"
+from service.core.roles import CORE, GRAPH_APP, ROLES, STARFACE, SettingsError, required_groups
 
-
-# What ``serve --role`` accepts.
-ROLES = ("all", "web", "worker", "scheduler")
-
-
-def required_groups(role: str) -> list[str]:
-    """Settings groups a role needs: the web tier alone talks to neither STARFACE nor Graph."""
-    return [CORE] if role == "web" else [CORE, GRAPH_APP, STARFACE]
-
-
-class SettingsError(Exception):
-    """The configuration cannot be used; ``problems`` names every bad or missing key."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"configuration has {len(problems)} problem(s):\n{lines}")
+__all__ = ["CORE", "FIELDS", "GRAPH_APP", "ROLES", "STARFACE", "Settings", "SettingsError", "required_groups"]
 
 
 def _https_url(value: str) -> str:

@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from service.cli import credentials as credentials_cli
+from service.cli.arguments import add_credentials_arguments
 from service.core import keys
 from service.core.secretbox import SecretBox
 from tests.conftest import SECRET_KEY
@@ -33,7 +34,7 @@ def cli_env(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> str:
 
 def _args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="presence-bridge starface credentials")
-    credentials_cli.add_arguments(parser)
+    add_credentials_arguments(parser)
     args = parser.parse_args(list(argv))
     args.env_file = None
     return args

@@ -102,3 +102,30 @@ def test_cli_help_loads_no_sandbox(argv: list[str]) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip().splitlines()[-1:] in ([], [""]), result.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["rotate", "--help"], ["health", "--role", "worker", "--heartbeat-dir", "/nonexistent"]],
+)
+def test_help_and_the_health_probe_load_neither_pydantic_nor_redis(argv: list[str]) -> None:
+    # The probe runs every few seconds in every container; --help should answer at once.
+    probe = (
+        "import sys\n"
+        "from service.cli.main import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "heavy = ('pydantic', 'redis', 'aiohttp', 'msal', 'cryptography')\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"
+        "print('LOADED=' + ','.join(loaded), file=sys.stderr)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.stderr.strip().splitlines()[-1] == "LOADED=", result.stderr

@@ -102,6 +102,8 @@ class Runtime:
             log_level=self.settings.log_level.lower(),
             cert_file=self.web.tls_cert,
             key_file=self.web.tls_key,
+            header_seconds=float(self.settings.web_header_timeout_seconds),
+            timeout_keep_alive=self.settings.web_keepalive_seconds,
         )
         self._spawn("web", self.server.serve())
 

@@ -27,6 +27,14 @@ NOTIFICATION_ACK_SECONDS = Histogram(
     ["endpoint", "status"],
     buckets=_FAST,
 )
+REQUESTS_SHED = Counter(
+    "presence_bridge_requests_shed_total",
+    "Requests to the public endpoints answered 503 at once because the process was at its cap",
+)
+REQUEST_BODY_TIMEOUTS = Counter(
+    "presence_bridge_request_body_timeouts_total",
+    "Requests whose body did not arrive within WEB_BODY_TIMEOUT_SECONDS (answered 408)",
+)
 NOTIFICATION_ITEMS = Counter(
     "presence_bridge_notification_items_total",
     "Notification items by outcome: accepted, or the reason they were dropped",

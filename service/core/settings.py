@@ -208,6 +208,22 @@ class Settings(BaseSettings):
         "RECONCILE_CONCURRENCY",
         "Users one worker process reconciles at the same time (each waits on STARFACE or Graph)",
     )
+    web_max_in_flight: Annotated[int, BeforeValidator(_positive_int)] = _setting(
+        64,
+        "WEB_MAX_IN_FLIGHT",
+        "Requests one web process works on at once; beyond, an immediate 503 that Graph retries",
+    )
+    web_header_timeout_seconds: Annotated[int, BeforeValidator(_positive_int)] = _setting(
+        10,
+        "WEB_HEADER_TIMEOUT_SECONDS",
+        "Seconds a connection may take to send a request's headers (after opening or its last answer)",
+    )
+    web_body_timeout_seconds: Annotated[int, BeforeValidator(_positive_int)] = _setting(
+        10, "WEB_BODY_TIMEOUT_SECONDS", "A request body not received this long after the headers gets 408"
+    )
+    web_keepalive_seconds: Annotated[int, BeforeValidator(_positive_int)] = _setting(
+        5, "WEB_KEEPALIVE_SECONDS", "An idle keep-alive connection is closed after this long"
+    )
     access_log: Annotated[bool, BeforeValidator(_bool)] = _setting(
         True, "ACCESS_LOG", "Log every request to the public endpoints as JSON (method, path, status, time)"
     )

@@ -16,13 +16,17 @@ def connect_web(url: str) -> aioredis.Redis:
     One immediate retry on a connection error replaces a pooled connection that died with a
     restarted server; against a server that is really down the reconnect is refused at once.
     """
-    return aioredis.Redis.from_url(
+    # A blocking pool: under a burst a request waits up to a second for a free connection
+    # instead of failing with MaxConnectionsError (a 503) while Redis is healthy.
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
         socket_timeout=1.0,
         socket_connect_timeout=0.5,
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         max_connections=200,
+        timeout=1.0,
     )
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool and closes it
 
 
 def connect_worker(url: str, *, block_ms: int = 1000, max_connections: int = 512) -> aioredis.Redis:

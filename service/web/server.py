@@ -41,17 +41,18 @@ class _Server(uvicorn.Server):
 
 
 class _ListeningSocket(socket.socket):
-    """Remembers the connections asyncio accepts on it, so a stop can close the idle ones."""
+    """Remembers the connections asyncio accepts on it (and when), so a stop can close the idle
+    ones and a deadline can close those that never finish sending a request's headers."""
 
     def __init__(self, family: int) -> None:
         # Declare TCP explicitly: asyncio enables TCP_NODELAY only on sockets whose proto says TCP,
         # and without it every response waits ~40 ms for a delayed ACK between its TLS records.
         super().__init__(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self.accepted: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        self.accepted: weakref.WeakKeyDictionary[socket.socket, float] = weakref.WeakKeyDictionary()
 
     def accept(self) -> tuple[socket.socket, Any]:
         connection, address = super().accept()
-        self.accepted.add(connection)
+        self.accepted[connection] = time.monotonic()
         return connection, address
 
 
@@ -61,6 +62,8 @@ class _ActiveRequests:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.peers: collections.Counter[tuple[str, int]] = collections.Counter()
+        # When each peer's last request ended: from then on it waits for the next one's headers.
+        self.idle_since: dict[tuple[str, int], float] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         client = scope.get("client")
@@ -75,6 +78,7 @@ class _ActiveRequests:
             self.peers[peer] -= 1
             if self.peers[peer] <= 0:
                 del self.peers[peer]
+                self.idle_since[peer] = time.monotonic()
 
 
 def url_host(host: str) -> str:
@@ -85,7 +89,10 @@ class AppServer:
     """uvicorn serving ``app`` on the running event loop: ``await start()`` ... ``await stop()``.
 
     TLS comes from ``ssl_context`` or from ``cert_file``/``key_file``; other uvicorn options pass
-    through ``options`` (e.g. ``lifespan="off"``, ``http="h11"``).
+    through ``options`` (e.g. ``lifespan="off"``, ``http="h11"``).  ``header_seconds`` closes a
+    connection that has not completed a request's headers (TLS handshake included) that long after
+    it was accepted or after its previous request ended: uvicorn bounds neither, so a client that
+    dribbles or says nothing would hold its socket for ever.
     """
 
     def __init__(
@@ -99,6 +106,7 @@ class AppServer:
         key_file: str | Path | None = None,
         log_level: str = "warning",
         grace_seconds: float = GRACE_SECONDS,
+        header_seconds: float | None = None,
         **options: Any,
     ) -> None:
         self.app = app
@@ -110,6 +118,8 @@ class AppServer:
         self._key_file = key_file
         self._log_level = log_level
         self._grace = grace_seconds
+        self._header_seconds = header_seconds
+        self.connections_cut = 0
         self._options = {"access_log": False, "lifespan": "on", **options}
         self._active = _ActiveRequests(app)
         self._server: _Server | None = None
@@ -184,7 +194,7 @@ class AppServer:
         if self._socket is None:
             return
         busy = set(self._active.peers)
-        for connection in list(self._socket.accepted):
+        for connection in list(self._socket.accepted.keys()):
             with contextlib.suppress(OSError):
                 peer = connection.getpeername()
                 if (str(peer[0]), int(peer[1])) not in busy:
@@ -227,16 +237,52 @@ class AppServer:
                 break
             await asyncio.sleep(0.01)
 
+    def cut_slow_connections(self, now: float | None = None) -> int:
+        """Close connections waiting for a request's headers longer than ``header_seconds``."""
+        if self._socket is None or self._header_seconds is None:
+            return 0
+        now = time.monotonic() if now is None else now
+        busy = set(self._active.peers)
+        live: set[tuple[str, int]] = set()
+        cut = 0
+        for connection, accepted_at in list(self._socket.accepted.items()):
+            with contextlib.suppress(OSError):
+                name = connection.getpeername()
+                peer = (str(name[0]), int(name[1]))
+                live.add(peer)
+                if peer in busy:
+                    continue
+                waiting_since = max(accepted_at, self._active.idle_since.get(peer, 0.0))
+                if now - waiting_since > self._header_seconds:
+                    connection.shutdown(socket.SHUT_RDWR)
+                    self._socket.accepted.pop(connection, None)
+                    self._active.idle_since.pop(peer, None)
+                    cut += 1
+        for gone in set(self._active.idle_since) - live:
+            del self._active.idle_since[gone]
+        self.connections_cut += cut
+        return cut
+
+    async def _watch_headers(self) -> None:
+        assert self._header_seconds is not None
+        period = min(1.0, self._header_seconds / 4)
+        while True:
+            await asyncio.sleep(period)
+            self.cut_slow_connections()
+
     async def serve(self) -> None:
         """Serve until ``request_stop()``, cancellation or uvicorn ending on its own; then stop cleanly."""
         self._stop_requested.clear()
         await self.start()
         assert self._task is not None
         waiter = asyncio.create_task(self._stop_requested.wait())
+        watcher = None if self._header_seconds is None else asyncio.create_task(self._watch_headers())
         try:
             await asyncio.wait([self._task, waiter], return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
+            if watcher is not None:
+                watcher.cancel()
             await self.stop()
 
     def request_stop(self) -> None:

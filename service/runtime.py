@@ -118,6 +118,10 @@ class Runtime:
             ssl_context=client_context(settings.extra_ca_file),
             max_attempts=2,
             timeout=10,
+            clock=self.clock,
+            # A longer Retry-After gives the user back and schedules it then (GraphThrottled):
+            # sleeping inside the reconcile would outlive the claim on the user.
+            max_wait=2.0,
         )
         self._closers.append(graph.close)
         directory = DirectoryStore(redis)
@@ -126,7 +130,7 @@ class Runtime:
             redis,
             mapping=mapping,
             starface=sessions,
-            teams=GraphTeams(graph, tokens.app_token, settings.client_id),
+            teams=GraphTeams(graph, tokens.app_token, settings.client_id, clock=self.clock),
             groups=directory.groups,
             clock=self.clock.now,
             presence_seconds=settings.teams_presence_minutes * 60,

@@ -2,8 +2,10 @@
 
 A user is due at a time (a sorted set).  Claiming moves due users into an in-flight set with a
 deadline, skipping users another process holds: one writer per user.  Events for a user that is
-being reconciled just mark it due again, so a burst collapses into one more pass.  A process that
-dies leaves its users in flight until the deadline passes; then any claimer takes them over.
+being reconciled just mark it due again, so a burst collapses into one more pass.  A live process
+keeps pushing the deadline of the users it works on (``extend``), so a slow pass never loses its
+claim; a process that dies leaves its users in flight only until the deadline passes (15 s by
+default), then any claimer takes them over.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ return 1
 
 
 class Schedule:
-    def __init__(self, redis: aioredis.Redis, *, hold_seconds: float = 60.0) -> None:
+    def __init__(self, redis: aioredis.Redis, *, hold_seconds: float = 15.0) -> None:
         self.redis = redis
         self.hold_seconds = hold_seconds
         self._claim = redis.register_script(_CLAIM)
@@ -68,6 +70,13 @@ class Schedule:
             args=[repr(now), repr(now + self.hold_seconds), limit],
         )
         return [decoded(u) for u in raw]
+
+    async def extend(self, user_ids: list[str], deadline: float) -> None:
+        """Push the deadline of claims still held (never creating one, never shortening one)."""
+        if user_ids:
+            await self.redis.zadd(
+                keys.RECONCILE_INFLIGHT, dict.fromkeys(user_ids, deadline), xx=True, gt=True
+            )
 
     async def release(self, user_id: str, next_due: float | None) -> None:
         await self._release(

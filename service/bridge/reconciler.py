@@ -37,6 +37,7 @@ from service.bridge.streams import Entry
 from service.bridge.userstate import BridgeRecord, Call, UserStateStore
 from service.core import keys, metrics
 from service.core.storage import decoded
+from service.graph.client import GraphThrottled
 from service.graph.presence import PresenceChange, TeamsPresence
 from service.graph.teams import TeamsGateway
 from service.starface.calls import CallEvent, CallFormatError
@@ -73,6 +74,8 @@ class _Outcome:
     results: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     slow_retry: bool = False
+    # Graph's Retry-After: the earliest time to come back, honoured however long and whichever attempt.
+    not_before: float | None = None
     updates: dict[str, object] = field(default_factory=dict)
     applied_at: float | None = None
 
@@ -81,7 +84,9 @@ class _Outcome:
         self.results.append(result)
         self.applied_at = when
 
-    def failed(self, action: str, error: Exception) -> None:
+    def failed(self, action: str, error: Exception, now: float | None = None) -> None:
+        if isinstance(error, GraphThrottled) and now is not None:
+            self.not_before = max(self.not_before or 0.0, now + error.retry_after)
         self.actions.append(action)
         self.results.append(f"failed: {error}")
         self.errors.append(f"{action}: {error}")
@@ -146,7 +151,7 @@ class Reconciler:
         groups: Groups = _no_groups,
         presence_seconds: int = 300,
         call_max_seconds: float = 12 * 3600,
-        hold_seconds: float = 60.0,
+        hold_seconds: float = 15.0,
         concurrency: int = 20,
     ) -> None:
         self.redis = redis
@@ -161,7 +166,10 @@ class Reconciler:
         self.call_max_seconds = call_max_seconds
         self.state = UserStateStore(redis)
         self.identity = IdentityStore(redis)
+        self.hold_seconds = hold_seconds
         self.schedule = Schedule(redis, hold_seconds=hold_seconds)
+        # Users this process is reconciling now: their claims are extended while the work lasts.
+        self.held: set[str] = set()
         self.decisions = DecisionLog(redis)
         self.concurrency = concurrency
         self._limit = asyncio.Semaphore(concurrency)
@@ -254,6 +262,7 @@ class Reconciler:
         A slow STARFACE answer for one user holds only that user's slot; the others keep going.
         """
         inflight: set[asyncio.Task[None]] = set()
+        keeper = asyncio.create_task(self._keep_claims(), name="reconciler-claims")
         try:
             while not stopping():
                 free = self.concurrency - len(inflight)
@@ -278,9 +287,20 @@ class Reconciler:
         finally:
             # Finish what was claimed: a released user is due again, an abandoned one waits a hold.
             await asyncio.gather(*inflight, return_exceptions=True)
+            keeper.cancel()
+
+    async def _keep_claims(self) -> None:
+        """Extend the claims of the users in work, a few times per hold, for as long as they last."""
+        while True:
+            await asyncio.sleep(self.hold_seconds / 3)
+            try:
+                await self.schedule.extend(sorted(self.held), self.clock() + self.hold_seconds)
+            except (OSError, aioredis.RedisError) as exc:
+                log.warning("reconciler: cannot extend claims (%s)", type(exc).__name__)
 
     async def _reconcile_claimed(self, user_id: str, *, limited: bool = True) -> None:
         next_due: float | None = self.clock() + 5.0
+        self.held.add(user_id)
         try:
             async with self._limit if limited else contextlib.nullcontext():
                 with metrics.RECONCILE_SECONDS.time():
@@ -289,6 +309,7 @@ class Reconciler:
             # Storage trouble or a bug for one user must not stop the others; retry this one later.
             log.exception("reconcile of user %s failed", user_id)
         finally:
+            self.held.discard(user_id)
             await self.schedule.release(user_id, next_due)
 
     # -- one user ------------------------------------------------------------------------------
@@ -388,7 +409,7 @@ class Reconciler:
             try:
                 await self.teams.set_presence(user_id, wanted, self.presence_seconds)
             except Exception as exc:  # network, throttling, Graph refusals: all retried with backoff
-                outcome.failed(action, exc)
+                outcome.failed(action, exc, now)
                 return
             outcome.updates.update(
                 session=wanted, session_cleared_at=None, session_expires_at=now + self.presence_seconds
@@ -398,7 +419,7 @@ class Reconciler:
             try:
                 await self.teams.clear_presence(user_id)
             except Exception as exc:
-                outcome.failed("Teams clearPresence", exc)
+                outcome.failed("Teams clearPresence", exc, now)
                 return
             # The session's presence is kept for the echo grace of service.bridge.desired.
             outcome.updates.update(session_cleared_at=now, session_expires_at=None)
@@ -410,7 +431,8 @@ class Reconciler:
         candidates: list[float] = []
         if outcome.errors:
             failures = bridge.failures + 1
-            candidates.append(now + (_SLOW_RETRY_SECONDS if outcome.slow_retry else backoff(failures)))
+            retry = now + (_SLOW_RETRY_SECONDS if outcome.slow_retry else backoff(failures))
+            candidates.append(max(retry, outcome.not_before or 0.0))
         if decision.recheck_at is not None:
             candidates.append(decision.recheck_at)
         expires = outcome.updates.get("session_expires_at", bridge.session_expires_at)

@@ -52,6 +52,18 @@ class GraphUnavailable(GraphError):
     """Graph could not be reached or kept throttling/failing after every retry."""
 
 
+class GraphThrottled(GraphUnavailable):
+    """Graph asked to wait longer than this client may: ``retry_after`` seconds from now.
+
+    The caller gives the work back and comes again then; waiting inside would hold whatever
+    the caller holds (the reconciler's claim on a user) past its end.
+    """
+
+    def __init__(self, method: str, path: str, status: int, retry_after: float, code: str = "") -> None:
+        self.retry_after = retry_after
+        super().__init__(method, path, status, code, f"asked to retry after {retry_after:g} s")
+
+
 @dataclass(frozen=True)
 class GraphResponse:
     status: int
@@ -130,6 +142,7 @@ class GraphClient:
         timeout: float = 30.0,
         max_attempts: int = 8,
         limiter: RateLimiter | None = None,
+        max_wait: float | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.ssl_context = ssl_context
@@ -137,6 +150,8 @@ class GraphClient:
         self.timeout = timeout
         self.max_attempts = max_attempts
         self.limiter = limiter
+        # Longest Retry-After this client waits itself; a longer one raises GraphThrottled.
+        self.max_wait = max_wait
         self._session: aiohttp.ClientSession | None = None
 
     def _http(self) -> aiohttp.ClientSession:
@@ -167,6 +182,7 @@ class GraphClient:
         url = f"{self.base_url}{path}"
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
         last_status, last_code, last_message = 0, "", "no attempt made"
+        last_delay: float | None = None
         for attempt in range(self.max_attempts):
             if self.limiter is not None:
                 await self.limiter.acquire()
@@ -192,10 +208,16 @@ class GraphClient:
                 metrics.GRAPH_THROTTLED.labels(str(status)).inc()
                 last_status, last_code, last_message = status, code, message
                 delay = retry_after(response_headers, self.clock.now())
+                if delay is not None and self.max_wait is not None and delay > self.max_wait:
+                    raise GraphThrottled(method, path, status, delay, code)
+                last_delay = delay
                 if attempt + 1 < self.max_attempts:
                     await self.clock.sleep(delay if delay is not None else _backoff(attempt))
                 continue
             raise GraphError(method, path, status, code, message)
+        if last_delay is not None:
+            # Graph's last word was a time to come back: the caller keeps it, whatever the attempt.
+            raise GraphThrottled(method, path, last_status, last_delay, last_code)
         raise GraphUnavailable(
             method,
             path,

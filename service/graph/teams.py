@@ -7,9 +7,11 @@ user Busy for at most that long.  ``clearPresence`` ends it; 404 means it is alr
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from service.graph.client import GraphClient, GraphError, TokenSource, with_token
+from service.core.clock import Clock, SystemClock
+from service.graph.client import GraphClient, GraphError, GraphThrottled, TokenSource, with_token
 from service.graph.presence import TeamsPresence
 
 MIN_DURATION_SECONDS = 5 * 60
@@ -36,10 +38,35 @@ def iso_duration(seconds: int) -> str:
 
 
 class GraphTeams:
-    def __init__(self, client: GraphClient, tokens: TokenSource, app_id: str) -> None:
+    def __init__(
+        self, client: GraphClient, tokens: TokenSource, app_id: str, *, clock: Clock | None = None
+    ) -> None:
         self.client = client
         self.tokens = tokens
         self.app_id = app_id
+        self.clock: Clock = clock or SystemClock()
+        # Per user: Graph asked us not to come back before this time.  A new event for the user
+        # must not call Graph earlier; it gets the same answer without asking.
+        self._not_before: dict[str, float] = {}
+
+    def _check_not_before(self, user_id: str, path: str) -> None:
+        until = self._not_before.get(user_id)
+        if until is None:
+            return
+        left = until - self.clock.now()
+        if left > 0:
+            raise GraphThrottled("POST", path, 429, left)
+        del self._not_before[user_id]
+
+    async def _send(self, user_id: str, path: str, call: Callable[[str], Awaitable[None]]) -> None:
+        self._check_not_before(user_id, path)
+        try:
+            await with_token(self.tokens, call)
+        except GraphThrottled as exc:
+            self._not_before[user_id] = self.clock.now() + exc.retry_after
+            if len(self._not_before) > 100_000:  # bounded: forget the oldest waits
+                self._not_before.pop(next(iter(self._not_before)))
+            raise
 
     async def set_presence(self, user_id: str, presence: TeamsPresence, duration_seconds: int) -> None:
         body = {
@@ -53,7 +80,7 @@ class GraphTeams:
         async def call(token: str) -> None:
             await self.client.request("POST", path, token=token, body=body)
 
-        await with_token(self.tokens, call)
+        await self._send(user_id, path, call)
 
     async def clear_presence(self, user_id: str) -> None:
         path = f"/v1.0/users/{user_id}/presence/clearPresence"
@@ -65,4 +92,4 @@ class GraphTeams:
                 if exc.status != 404:  # no session: what we wanted
                     raise
 
-        await with_token(self.tokens, call)
+        await self._send(user_id, path, call)

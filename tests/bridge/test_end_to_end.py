@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
+from service.core import keys
 from service.core.settings import FIELDS
 from service.sandbox.demo import DemoWorld, Person
 
@@ -93,6 +95,52 @@ async def test_a_call_longer_than_the_presence_lifetime_stays_busy(world_factory
         return seen != "Busy/InACall", seen
 
     await world.wait_for("Anna no longer Busy in Teams after hanging up", not_busy, 30)
+
+
+async def test_a_long_retry_after_on_set_presence_never_leaves_a_stale_busy(
+    world_factory: Callable[..., Any],
+) -> None:
+    world: DemoWorld = await world_factory(users=1, graph_clock=True)
+    anna = world.people[0]
+    user_id = world.entra_ids[anna.login]
+    await world.graph_control(
+        "POST",
+        "/faults",
+        {"method": "POST", "path": "/v1.0/users/*/presence/setPresence", "status": 429, "retryAfter": 120},
+    )
+    call = await world.place_call(anna)
+    await world.answer(call)
+
+    async def throttled() -> tuple[bool, str]:
+        faults = (await world.graph_control("GET", "/faults"))["value"]
+        return not faults, f"{len(faults)} fault(s) left"
+
+    await world.wait_for("the bridge's setPresence answered 429", throttled, 15)
+    assert world.redis_url is not None
+    redis = aioredis.Redis.from_url(world.redis_url)
+    try:
+        # The reconcile gives the user back at once, due when Graph said, instead of sleeping
+        # inside its claim on the user.
+        async def given_back() -> tuple[bool, str]:
+            held = await redis.zscore(keys.RECONCILE_INFLIGHT, user_id)
+            due = await redis.zscore(keys.RECONCILE_DUE, user_id)
+            return held is None and due is not None, f"in flight {held}, due {due}"
+
+        await world.wait_for("the throttled user released", given_back, 10)
+        due = await redis.zscore(keys.RECONCILE_DUE, user_id)
+        assert world.graph is not None
+        assert due is not None
+        assert due >= world.graph.clock.now() + 100
+    finally:
+        await redis.aclose()
+    await world.hang_up(call)  # during the 120 s the bridge was asked to wait
+    await world.graph_control("PUT", "/clock", {"speed": 30})  # 120 s pass in 4 s
+    await asyncio.sleep(8)
+    await world.graph_control("PUT", "/clock", {"speed": 1})
+    history = (await world.graph_control("GET", f"/users/{user_id}/presence-history"))["value"]
+    # The call ended before Graph let the bridge back in: Anna must never have shown Busy.
+    assert [f"{e['availability']}/{e['activity']}" for e in history if e["availability"] == "Busy"] == []
+    assert await world.teams_presence(anna) == "Available/Available"
 
 
 def _bridge_process(world: DemoWorld, role: str) -> subprocess.Popen[bytes]:

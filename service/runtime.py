@@ -136,6 +136,8 @@ class Runtime:
             presence_seconds=settings.teams_presence_minutes * 60,
             concurrency=settings.reconcile_concurrency,
         )
+        # When the PBX answers again after an outage, everyone who waited is due at once.
+        sessions.circuit.on_close.append(self.reconciler.pbx_back)
         if await self.reconciler.adopt_mapping():
             log.info("the mapping differs from the one the workers last used: every user is reconciled again")
         worker = PresenceWorker(redis, settings, listeners=[self.reconciler.on_presence])

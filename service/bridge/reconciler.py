@@ -47,6 +47,7 @@ from service.starface.gateway import (
     GatewayError,
     LoginRefused,
     StarfaceGateway,
+    StarfaceUnavailable,
 )
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,8 @@ class _Outcome:
     results: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     slow_retry: bool = False
+    # A write failed because the PBX as a whole did not answer (not because of this user).
+    pbx_down: bool = False
     # Graph's Retry-After: the earliest time to come back, honoured however long and whichever attempt.
     not_before: float | None = None
     updates: dict[str, object] = field(default_factory=dict)
@@ -170,6 +173,9 @@ class Reconciler:
         self.schedule = Schedule(redis, hold_seconds=hold_seconds)
         # Users this process is reconciling now: their claims are extended while the work lasts.
         self.held: set[str] = set()
+        # Users whose STARFACE write failed because the PBX was down: due at once when it is back.
+        self.waiting_on_pbx: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self.decisions = DecisionLog(redis)
         self.concurrency = concurrency
         self._limit = asyncio.Semaphore(concurrency)
@@ -222,6 +228,15 @@ class Reconciler:
                 due.append(user_id)
         await self.schedule.mark(due, self.clock())
         return failures
+
+    def pbx_back(self) -> None:
+        """The PBX answers again: everyone who waited for it is due now, not at their backoff."""
+        waiting, self.waiting_on_pbx = sorted(self.waiting_on_pbx), set()
+        if not waiting:
+            return
+        task = asyncio.get_running_loop().create_task(self.schedule.mark(waiting, self.clock()))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def mark_all(self, user_ids: Iterable[str]) -> None:
         """After a mapping or directory change: everyone is reconciled once more."""
@@ -331,6 +346,10 @@ class Reconciler:
         outcome = _Outcome()
         await self._apply_starface(decision, bridge, login, outcome)
         await self._apply_teams(user_id, decision, bridge, outcome)
+        if outcome.pbx_down:
+            self.waiting_on_pbx.add(user_id)
+        else:
+            self.waiting_on_pbx.discard(user_id)
         # own_teams is written only by on_presence, which judges every change in order.
         if decision.drop_bridge_session and not outcome.updates.get("session"):
             outcome.updates.update(session=None, session_cleared_at=None, session_expires_at=None)
@@ -381,6 +400,7 @@ class Reconciler:
                 outcome.slow_retry = True
                 outcome.failed(action, result)
             elif isinstance(result, GatewayError):
+                outcome.pbx_down = outcome.pbx_down or isinstance(result, StarfaceUnavailable)
                 outcome.failed(action, result)
             elif isinstance(result, BaseException):
                 raise result

@@ -40,6 +40,7 @@ from service.core.secretbox import SealError, SecretBox
 from service.core.settings import Settings, reveal
 from service.core.storage import decoded
 from service.starface.callback_tokens import callback_path, register_token, token_digest
+from service.starface.circuit import Circuit
 from service.starface.credentials import CredentialStore
 from service.starface.gateway import (
     CredentialsMissing,
@@ -47,6 +48,7 @@ from service.starface.gateway import (
     GatewayError,
     LoginRefused,
     SessionExpired,
+    StarfaceUnavailable,
     UnknownUser,
     UserState,
 )
@@ -190,6 +192,9 @@ class SessionManager:
         # after a dropped session each would otherwise log in again (and replace the other's).
         self._login_locks: dict[str, asyncio.Lock] = {}
         self._logins_done: dict[str, int] = {}
+        self.circuit = Circuit()
+        self.circuit.on_close.append(self._wake_failed_sessions)
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- selection ------------------------------------------------------------------------------
 
@@ -259,17 +264,21 @@ class SessionManager:
     async def _work(self, login: str, now: float) -> tuple[float, str, SessionStatus]:
         previous = await self.status(login)
         try:
+            if not self.circuit.allow():
+                raise StarfaceUnavailable("the PBX is not answering (circuit open)")
             client = await self._client(login)
             seen = self._logins_done.get(login, 0)
             if previous is None or previous.state != ACTIVE:
                 await self._single_login(login, client, now, seen, previous)
                 return now + self.keepalive, "login", self._ok(login, now, previous)
             if await client.keep_alive():
+                self.circuit.succeeded()
                 return now + self.keepalive, "keepalive", self._ok(login, now, previous)
             await self._single_login(login, client, now, seen, previous)
             return now + self.keepalive, "relogin", self._ok(login, now, previous)
         except GatewayError as exc:
             kind = _kind(exc)
+            self._account(exc)
             log.warning("UCI session of login %s: %s", login, exc)
             # An unreachable PBX is worth retrying at the normal pace; refused credentials are not.
             wait = {KIND_UNAVAILABLE: self.keepalive, KIND_LOGIN_REFUSED: self.refused_retry}.get(
@@ -467,13 +476,35 @@ class SessionManager:
             if self._logins_done.get(login, 0) != seen:
                 return
             await self._login(login, client, now)
+            self.circuit.succeeded()
             self._logins_done[login] = seen + 1
             await self._record(self._ok(login, now, previous))
 
     async def _act(self, login: str, action: Callable[[UciClient], Awaitable[T]]) -> T:
-        """Run ``action`` on the user's session, logging in first or again when the PBX needs it."""
+        """Run ``action`` on the user's session, logging in first or again when the PBX needs it.
+
+        While the circuit is open (the PBX is down) it fails at once, except as a probe."""
         if not await self.selected(login):
             raise UnknownUser(login)
+        if not self.circuit.allow():
+            raise StarfaceUnavailable("the PBX is not answering; waiting for it (circuit open)")
+        try:
+            result = await self._act_on_session(login, action)
+        except GatewayError as exc:
+            self._account(exc)
+            raise
+        self.circuit.succeeded()
+        return result
+
+    def _account(self, exc: GatewayError) -> None:
+        """Tell the circuit what a failure says about the PBX as a whole."""
+        if isinstance(exc, StarfaceUnavailable):
+            self.circuit.failed()
+        elif isinstance(exc, (LoginRefused, SessionExpired)):
+            self.circuit.succeeded()  # an answer of a live PBX, about this one user
+        # No stored password, an unselected user: nothing was asked of the PBX.
+
+    async def _act_on_session(self, login: str, action: Callable[[UciClient], Awaitable[T]]) -> T:
         now = self.clock()
         seen = self._logins_done.get(login, 0)
         previous = await self.status(login)
@@ -527,6 +558,8 @@ class SessionManager:
         version: int | None = None
         while not stop.is_set():
             try:
+                if self.circuit.probe_due():
+                    await self.probe()
                 if logins is not None:
                     current, selected = await logins()
                     if current != version:
@@ -539,6 +572,36 @@ class SessionManager:
                 log.warning("UCI session pass failed: %s", type(exc).__name__)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=tick)
+
+    async def probe(self) -> bool:
+        """Ask the PBX whether it answers at all; any HTTP answer below 500 closes the circuit."""
+        if not self.circuit.allow():
+            return False
+        try:
+            async with self.http.get(
+                f"{self.base_url}/rest/login", timeout=aiohttp.ClientTimeout(total=5)
+            ) as response:
+                up = response.status < 500
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            up = False
+        if up:
+            self.circuit.succeeded()
+        else:
+            self.circuit.failed()
+        return up
+
+    def _wake_failed_sessions(self) -> None:
+        """The PBX is back: sessions that failed as unavailable are due now, not at their retry."""
+        task = asyncio.get_running_loop().create_task(self._wake())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _wake(self) -> None:
+        now = self.clock()
+        failed = [s.login for s in await self.statuses() if s.state == FAILED and s.error == KIND_UNAVAILABLE]
+        if failed:
+            with contextlib.suppress(RedisError, OSError):
+                await self.redis.zadd(keys.UCI_DUE, dict.fromkeys(failed, _ms(now)), xx=True)
 
 
 def _kind(exc: GatewayError) -> str:

@@ -143,6 +143,24 @@ async def test_a_long_retry_after_on_set_presence_never_leaves_a_stale_busy(
     assert await world.teams_presence(anna) == "Available/Available"
 
 
+async def test_every_user_converges_within_seconds_after_a_starface_outage(
+    world_factory: Callable[..., Any],
+) -> None:
+    world: DemoWorld = await world_factory(users=8)
+    await world.starface_control("PUT", "/control/faults", {"down": "refuse"})
+    for person in world.people:  # everyone's meeting starts while the PBX refuses connections
+        await world.set_teams(person, "Busy", "InACall")
+    await asyncio.sleep(30)
+    await world.starface_control("PUT", "/control/faults", {"down": "none"})
+    back = time.monotonic()
+    for person in world.people:
+        await world.expect_starface(person, True, "Im Gespräch", within=10 - (time.monotonic() - back))
+    # Per-user backoff alone would have left users waiting up to a minute after the PBX was back.
+    took = time.monotonic() - back
+    print(f"converged {took:.1f} s after STARFACE was back")
+    assert took < 10
+
+
 def _bridge_process(world: DemoWorld, role: str) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k not in {f.env for f in FIELDS}}
     env.update(world.environment())

@@ -209,7 +209,7 @@ class Settings(BaseSettings):
         "Users one worker process reconciles at the same time (each waits on STARFACE or Graph)",
     )
     web_max_in_flight: Annotated[int, BeforeValidator(_positive_int)] = _setting(
-        64,
+        16,
         "WEB_MAX_IN_FLIGHT",
         "Requests one web process works on at once; beyond, an immediate 503 that Graph retries",
     )

@@ -23,7 +23,7 @@ from service.graph.clientstate import ClientStates
 from service.graph.validation_tokens import SigningKeys, TokenVerifier
 from service.web import graph_endpoints as webhook
 from service.web.access import AccessLogMiddleware
-from service.web.admission import Admission
+from service.web.admission import BodyDeadline, Shedding
 
 
 def http_session_factory(settings: Settings) -> Callable[[], aiohttp.ClientSession]:
@@ -104,15 +104,13 @@ def create_app(
         Route("/readyz", readyz),
         *(extra_routes or []),
     ]
-    middleware = [Middleware(RequestIdMiddleware)]
+    # Shedding first: a request beyond the cap costs as little as possible (no id, no log line).
+    middleware = [
+        Middleware(Shedding, max_in_flight=settings.web_max_in_flight),
+        Middleware(RequestIdMiddleware),
+    ]
     if settings.access_log:
         # Inside the request id middleware, so each access event carries the request's id.
         middleware.append(Middleware(AccessLogMiddleware))
-    middleware.append(
-        Middleware(
-            Admission,
-            max_in_flight=settings.web_max_in_flight,
-            body_seconds=settings.web_body_timeout_seconds,
-        )
-    )
+    middleware.append(Middleware(BodyDeadline, body_seconds=settings.web_body_timeout_seconds))
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)

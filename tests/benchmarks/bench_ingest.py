@@ -1,6 +1,6 @@
 """Ingest benchmark: encrypted notifications through POST /graph/notifications, and the worker.
 
-Run by hand:  python tests/benchmarks/bench_ingest.py [--seconds 10]
+Run by hand:  python tests/benchmarks/bench_ingest.py [--seconds 10] [--overload]
 
 The web tier runs as a real `presence-bridge serve --role web` subprocess pinned to one core; the
 load generator is another process pinned to the other core; Valkey is the embedded binary.  It
@@ -102,8 +102,9 @@ async def _closed_loop(url: str, bodies: list[bytes], seconds: float, concurrenc
 
 async def _open_loop(url: str, bodies: list[bytes], seconds: float, rate: float) -> dict[str, float]:
     latencies: list[float] = []
+    accepted: list[float] = []
     statuses: dict[int, int] = {}
-    connector = aiohttp.TCPConnector(limit=512)
+    connector = aiohttp.TCPConnector(limit=2048)
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def one(index: int, scheduled: float) -> None:
@@ -114,6 +115,8 @@ async def _open_loop(url: str, bodies: list[bytes], seconds: float, rate: float)
                 statuses[resp.status] = statuses.get(resp.status, 0) + 1
             # From the moment it should have been sent: a slow server cannot hide its backlog.
             latencies.append(time.perf_counter() - scheduled)
+            if resp.status == 202:
+                accepted.append(latencies[-1])
 
         start = time.perf_counter()
         total = int(seconds * rate)
@@ -133,6 +136,9 @@ async def _open_loop(url: str, bodies: list[bytes], seconds: float, rate: float)
         "p99": pct(latencies, 0.99),
         "max": max(latencies),
         "non_202": sum(v for k, v in statuses.items() if k != 202),
+        "shed": statuses.get(503, 0),
+        "accepted": len(accepted),
+        "accepted_p99": pct(accepted, 0.99) if accepted else 0.0,
     }
 
 
@@ -158,7 +164,7 @@ def run_generator(mode: str, url: str, bodies_file: Path, seconds: float, arg: f
 # -- orchestration ------------------------------------------------------------------------------
 
 
-async def main(seconds: float) -> None:
+async def main(seconds: float, overload: bool) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="pb-bench-"))
     valkey = EmbeddedValkey(workdir / "valkey", appendonly=True)
     valkey.start()
@@ -267,6 +273,20 @@ async def main(seconds: float) -> None:
                 f"non-202: {result['non_202']}"
             )
 
+        if overload:
+            # Capacity with batches of 10, then offered loads far beyond it (open loop).
+            path = bodies(10, 400)
+            capacity = run_generator("closed", url, path, seconds, 16)
+            capacity_rps = capacity["requests"] / capacity["elapsed"]
+            print(f"capacity, batches of 10: {capacity_rps:,.0f} requests/s on one core")
+            for factor in (1.0, 2.0, 5.0):
+                result = run_generator("open", url, path, seconds, capacity_rps * factor)
+                goodput = result["accepted"] / result["elapsed"]
+                print(
+                    f"offered {factor:.0f}x ({capacity_rps * factor:,.0f}/s): goodput {goodput:,.0f}/s "
+                    f"= {goodput / capacity_rps:.2f} x capacity; shed (503) {result['shed']:,} of "
+                    f"{result['requests']:,}; accepted p99 {result['accepted_p99'] * 1000:.0f} ms"
+                )
         for batch in (1, 10):
             path = bodies(batch, 400)
             result = run_generator("open", url, path, seconds, 1000 / batch)
@@ -317,4 +337,8 @@ if __name__ == "__main__":
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each load phase")
-    asyncio.run(main(parser.parse_args().seconds))
+    parser.add_argument(
+        "--overload", action="store_true", help="also offer 1x, 2x and 5x capacity and print the goodput"
+    )
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.seconds, arguments.overload))

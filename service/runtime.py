@@ -126,11 +126,12 @@ class Runtime:
         self._closers.append(graph.close)
         directory = DirectoryStore(redis)
 
+        teams = GraphTeams(graph, tokens.app_token, settings.client_id, clock=self.clock)
         self.reconciler = Reconciler(
             redis,
             mapping=mapping,
             starface=sessions,
-            teams=GraphTeams(graph, tokens.app_token, settings.client_id, clock=self.clock),
+            teams=teams,
             groups=directory.groups,
             clock=self.clock.now,
             presence_seconds=settings.teams_presence_minutes * 60,
@@ -138,6 +139,8 @@ class Runtime:
         )
         # When the PBX answers again after an outage, everyone who waited is due at once.
         sessions.circuit.on_close.append(self.reconciler.pbx_back)
+        teams.circuit.on_close.append(self.reconciler.graph_back)
+        self._spawn("graph-probe", _probe_while_open(teams, self.stop))
         if await self.reconciler.adopt_mapping():
             log.info("the mapping differs from the one the workers last used: every user is reconciled again")
         worker = PresenceWorker(redis, settings, listeners=[self.reconciler.on_presence])
@@ -242,3 +245,12 @@ class Runtime:
                 await closer()
         self._closers.clear()
         self._tasks.clear()
+
+
+async def _probe_while_open(teams: GraphTeams, stop: asyncio.Event) -> None:
+    """While Graph's circuit is open, ask it every probe period (users' writes all wait)."""
+    while not stop.is_set():
+        if teams.circuit.probe_due():
+            await teams.probe()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=1.0)

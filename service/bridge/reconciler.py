@@ -37,7 +37,7 @@ from service.bridge.streams import Entry
 from service.bridge.userstate import BridgeRecord, Call, UserStateStore
 from service.core import keys, metrics
 from service.core.storage import decoded
-from service.graph.client import GraphThrottled
+from service.graph.client import GraphThrottled, GraphUnavailable
 from service.graph.presence import PresenceChange, TeamsPresence
 from service.graph.teams import TeamsGateway
 from service.starface.calls import CallEvent, CallFormatError
@@ -75,8 +75,9 @@ class _Outcome:
     results: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     slow_retry: bool = False
-    # A write failed because the PBX as a whole did not answer (not because of this user).
+    # A write failed because the PBX or Graph as a whole did not answer (not because of this user).
     pbx_down: bool = False
+    graph_down: bool = False
     # Graph's Retry-After: the earliest time to come back, honoured however long and whichever attempt.
     not_before: float | None = None
     updates: dict[str, object] = field(default_factory=dict)
@@ -90,6 +91,8 @@ class _Outcome:
     def failed(self, action: str, error: Exception, now: float | None = None) -> None:
         if isinstance(error, GraphThrottled) and now is not None:
             self.not_before = max(self.not_before or 0.0, now + error.retry_after)
+        elif isinstance(error, GraphUnavailable):
+            self.graph_down = True
         self.actions.append(action)
         self.results.append(f"failed: {error}")
         self.errors.append(f"{action}: {error}")
@@ -175,6 +178,7 @@ class Reconciler:
         self.held: set[str] = set()
         # Users whose STARFACE write failed because the PBX was down: due at once when it is back.
         self.waiting_on_pbx: set[str] = set()
+        self.waiting_on_graph: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
         self.decisions = DecisionLog(redis)
         self.concurrency = concurrency
@@ -231,7 +235,17 @@ class Reconciler:
 
     def pbx_back(self) -> None:
         """The PBX answers again: everyone who waited for it is due now, not at their backoff."""
-        waiting, self.waiting_on_pbx = sorted(self.waiting_on_pbx), set()
+        waiting = sorted(self.waiting_on_pbx)
+        self.waiting_on_pbx.clear()
+        self._due_now(waiting)
+
+    def graph_back(self) -> None:
+        """Graph answers again: everyone whose Teams write waited for it is due now."""
+        waiting = sorted(self.waiting_on_graph)
+        self.waiting_on_graph.clear()
+        self._due_now(waiting)
+
+    def _due_now(self, waiting: list[str]) -> None:
         if not waiting:
             return
         task = asyncio.get_running_loop().create_task(self.schedule.mark(waiting, self.clock()))
@@ -346,10 +360,14 @@ class Reconciler:
         outcome = _Outcome()
         await self._apply_starface(decision, bridge, login, outcome)
         await self._apply_teams(user_id, decision, bridge, outcome)
-        if outcome.pbx_down:
-            self.waiting_on_pbx.add(user_id)
-        else:
-            self.waiting_on_pbx.discard(user_id)
+        for down, waiting in (
+            (outcome.pbx_down, self.waiting_on_pbx),
+            (outcome.graph_down, self.waiting_on_graph),
+        ):
+            if down:
+                waiting.add(user_id)
+            else:
+                waiting.discard(user_id)
         # own_teams is written only by on_presence, which judges every change in order.
         if decision.drop_bridge_session and not outcome.updates.get("session"):
             outcome.updates.update(session=None, session_cleared_at=None, session_expires_at=None)

@@ -10,8 +10,18 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+import aiohttp
+
+from service.core.circuit import Circuit
 from service.core.clock import Clock, SystemClock
-from service.graph.client import GraphClient, GraphError, GraphThrottled, TokenSource, with_token
+from service.graph.client import (
+    GraphClient,
+    GraphError,
+    GraphThrottled,
+    GraphUnavailable,
+    TokenSource,
+    with_token,
+)
 from service.graph.presence import TeamsPresence
 
 MIN_DURATION_SECONDS = 5 * 60
@@ -48,6 +58,8 @@ class GraphTeams:
         # Per user: Graph asked us not to come back before this time.  A new event for the user
         # must not call Graph earlier; it gets the same answer without asking.
         self._not_before: dict[str, float] = {}
+        # Graph as a whole: after a run of failures every write waits and a probe asks instead.
+        self.circuit = Circuit(name="Microsoft Graph")
 
     def _check_not_before(self, user_id: str, path: str) -> None:
         until = self._not_before.get(user_id)
@@ -60,13 +72,40 @@ class GraphTeams:
 
     async def _send(self, user_id: str, path: str, call: Callable[[str], Awaitable[None]]) -> None:
         self._check_not_before(user_id, path)
+        if not self.circuit.allow():
+            raise GraphUnavailable("POST", path, 0, "circuit_open", "Graph is not answering; waiting for it")
         try:
             await with_token(self.tokens, call)
         except GraphThrottled as exc:
+            self.circuit.succeeded()  # an answer: Graph is up, and asks this user to wait
             self._not_before[user_id] = self.clock.now() + exc.retry_after
             if len(self._not_before) > 100_000:  # bounded: forget the oldest waits
                 self._not_before.pop(next(iter(self._not_before)))
             raise
+        except GraphUnavailable:
+            self.circuit.failed()
+            raise
+        except GraphError:
+            self.circuit.succeeded()  # Graph answered, about this request
+            raise
+        self.circuit.succeeded()
+
+    async def probe(self) -> bool:
+        """Ask Graph whether it answers at all (no token needed: a 401 is an answer)."""
+        if not self.circuit.allow():
+            return False
+        try:
+            async with self.client._http().get(
+                f"{self.client.base_url}/v1.0/", timeout=aiohttp.ClientTimeout(total=5)
+            ) as response:
+                up = response.status < 500
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            up = False
+        if up:
+            self.circuit.succeeded()
+        else:
+            self.circuit.failed()
+        return up
 
     async def set_presence(self, user_id: str, presence: TeamsPresence, duration_seconds: int) -> None:
         body = {

@@ -36,11 +36,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from service.core import keys, metrics
+from service.core.circuit import Circuit
 from service.core.secretbox import SealError, SecretBox
 from service.core.settings import Settings, reveal
 from service.core.storage import decoded
 from service.starface.callback_tokens import callback_path, register_token, token_digest
-from service.starface.circuit import Circuit
 from service.starface.credentials import CredentialStore
 from service.starface.gateway import (
     CredentialsMissing,

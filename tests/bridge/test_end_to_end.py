@@ -161,6 +161,24 @@ async def test_every_user_converges_within_seconds_after_a_starface_outage(
     assert took < 10
 
 
+async def test_every_call_reaches_teams_within_seconds_after_a_graph_outage(
+    world_factory: Callable[..., Any],
+) -> None:
+    world: DemoWorld = await world_factory(users=5)
+    fault = {"method": "POST", "path": "/v1.0/users/*/presence/*", "status": 503, "count": 100000}
+    await world.graph_control("POST", "/faults", fault)
+    for person in world.people:  # everyone picks up the phone while Graph answers 503
+        await world.answer(await world.place_call(person))
+    await asyncio.sleep(30)
+    await world.graph_control("DELETE", "/faults")
+    back = time.monotonic()
+    for person in world.people:
+        await world.expect_teams(person, "Busy/InACall", within=10 - (time.monotonic() - back))
+    took = time.monotonic() - back
+    print(f"converged {took:.1f} s after Graph was back")
+    assert took < 10
+
+
 def _bridge_process(world: DemoWorld, role: str) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k not in {f.env for f in FIELDS}}
     env.update(world.environment())

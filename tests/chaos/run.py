@@ -12,7 +12,14 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from tests.chaos.scenarios import Row, teams_burst, teams_scenarios, worker_killed
+from tests.chaos.scenarios import (
+    Row,
+    calls_burst,
+    calls_scenarios,
+    teams_burst,
+    teams_scenarios,
+    worker_killed,
+)
 
 
 async def table(fault_seconds: float, only: str | None) -> list[Row]:
@@ -22,6 +29,13 @@ async def table(fault_seconds: float, only: str | None) -> list[Row]:
             if only and only not in name:
                 continue
             rows.append(await teams_burst(name, fault, Path(scratch) / str(index), fault_seconds=seconds))
+            print(" | ".join(rows[-1].cells()), flush=True)
+        for index, (name, fault, seconds) in enumerate(calls_scenarios(fault_seconds)):
+            if only and only not in name:
+                continue
+            rows.append(
+                await calls_burst(name, fault, Path(scratch) / f"calls-{index}", fault_seconds=seconds)
+            )
             print(" | ".join(rows[-1].cells()), flush=True)
         if not only or only in "kill -9 worker":
             rows.append(await worker_killed(Path(scratch) / "kill"))

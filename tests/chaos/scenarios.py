@@ -102,9 +102,11 @@ async def _wrong(world: DemoWorld, expected: dict[str, tuple[bool, str]]) -> lis
 
 
 async def teams_burst(
-    name: str, fault: Fault, state_dir: Path, *, fault_seconds: float, rounds: int = 4, settle: float = 60
+    name: str, fault: Fault, state_dir: Path, *, fault_seconds: float, rounds: int = 5, settle: float = 60
 ) -> Row:
-    """Everybody's Teams state flips ``rounds`` times while ``fault`` lasts ``fault_seconds``."""
+    """Everybody's Teams state flips ``rounds`` times while ``fault`` lasts ``fault_seconds``.
+
+    An odd number of rounds ends Busy, unlike the start, so a change lost in the fault shows."""
     world = DemoWorld(state_dir, users=5)
     await world.start()
     try:
@@ -130,6 +132,60 @@ async def teams_burst(
         wrong = len(await _wrong(world, expected))
         dead = int(await world._redis.xlen(keys.DEAD_LETTER_STREAM))
         return Row(name, offered, wrong, converged, dead)
+    finally:
+        await world.close()
+
+
+async def graph_503(world: DemoWorld) -> Callable[[], Awaitable[None]]:
+    fault = {"method": "POST", "path": "/v1.0/users/*/presence/*", "status": 503, "count": 1_000_000}
+    await world.graph_control("POST", "/faults", fault)
+
+    async def repair() -> None:
+        await world.graph_control("DELETE", "/faults")
+
+    return repair
+
+
+async def graph_429(world: DemoWorld) -> Callable[[], Awaitable[None]]:
+    fault = {
+        "method": "POST",
+        "path": "/v1.0/users/*/presence/*",
+        "status": 429,
+        "retryAfter": 20,
+        "count": 1_000_000,
+    }
+    await world.graph_control("POST", "/faults", fault)
+
+    async def repair() -> None:
+        await world.graph_control("DELETE", "/faults")
+
+    return repair
+
+
+async def calls_burst(
+    name: str, fault: Fault, state_dir: Path, *, fault_seconds: float, settle: float = 60
+) -> Row:
+    """Everybody answers a STARFACE call while ``fault`` lasts; Teams must show them Busy after."""
+    world = DemoWorld(state_dir, users=5)
+    await world.start()
+    try:
+        await world.ready()
+        repair = await fault(world)
+        for person in world.people:
+            await world.answer(await world.place_call(person))
+        await asyncio.sleep(fault_seconds)
+        await repair()
+        repaired = time.monotonic()
+        converged: float | None = None
+        wrong = list(world.people)
+        while time.monotonic() - repaired < settle:
+            wrong = [p for p in world.people if await world.teams_presence(p) != "Busy/InACall"]
+            if not wrong:
+                converged = time.monotonic() - repaired
+                break
+            await asyncio.sleep(0.2)
+        dead = int(await world._redis.xlen(keys.DEAD_LETTER_STREAM))
+        return Row(name, len(world.people), len(wrong), converged, dead)
     finally:
         await world.close()
 
@@ -186,6 +242,13 @@ async def worker_killed(state_dir: Path, *, settle: float = 60) -> Row:
                 except subprocess.TimeoutExpired:
                     process.kill()
         await world.close()
+
+
+def calls_scenarios(fault_seconds: float) -> list[tuple[str, Fault, float]]:
+    return [
+        (f"Graph answers 503 to presence writes {fault_seconds:.0f} s", graph_503, fault_seconds),
+        ("Graph answers 429, Retry-After 20 s, for 30 s", graph_429, 30.0),
+    ]
 
 
 def teams_scenarios(fault_seconds: float) -> list[tuple[str, Fault, float]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.starface.circuit import Circuit
+from service.core.circuit import Circuit
 
 
 class Clock:

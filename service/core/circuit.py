@@ -1,14 +1,15 @@
-"""The PBX as one circuit: an outage is the PBX's, not each user's.
+"""A remote service as one circuit: an outage is the service's, not each user's.
 
-When STARFACE stops answering, every user's write fails for the same reason.  Per-user backoff
+Used for the STARFACE PBX and for Microsoft Graph.  When the service stops answering, every
+user's write fails for the same reason.  Per-user backoff
 would grow to minutes during a long outage, and the users would come back one by one long after
 the PBX did.  Instead, after ``threshold`` unavailable answers in a row the circuit opens: writes
-fail at once without touching the network, and a probe asks the PBX every ``probe_seconds``.  The
+fail at once without touching the network, and a probe asks the service every ``probe_seconds``.  The
 first answer (a probe or a write) closes it, and everyone who waited is told at once, so the whole
 backlog converges within one reconcile period (paced by the reconciler's concurrency).
 
-Per-user faults (a refused password, a dropped session) are answers from a live PBX: they close
-the circuit too, and keep their own per-user handling.
+Per-user faults (a refused password, a dropped session, a Graph 404) are answers from a live
+service: they close the circuit too, and keep their own per-user handling.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ class Circuit:
         threshold: int = 5,
         probe_seconds: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        name: str = "STARFACE",
     ) -> None:
+        self.name = name
         self.threshold = threshold
         self.probe_seconds = probe_seconds
         self.clock = clock
@@ -63,7 +66,7 @@ class Circuit:
         if self.state == OPEN:
             down = self.clock() - (self.opened_at or self.clock())
             self.state, self.opened_at = CLOSED, None
-            log.warning("STARFACE answers again after %.0f s: every waiting user is due now", down)
+            log.warning("%s answers again after %.0f s: every waiting user is due now", self.name, down)
             for listener in list(self.on_close):
                 listener()
 
@@ -74,7 +77,8 @@ class Circuit:
             self.opened_at = self.clock()
             self._next_probe = self.opened_at + self.probe_seconds
             log.warning(
-                "STARFACE unavailable %d times in a row: writes wait, probing every %.0f s",
+                "%s unavailable %d times in a row: writes wait, probing every %.0f s",
+                self.name,
                 self.failures,
                 self.probe_seconds,
             )

@@ -163,3 +163,29 @@ def test_the_service_monitor_selects_a_metrics_service_of_every_role() -> None:
     for metrics_service in selected:
         assert port_names <= {p["name"] for p in metrics_service["spec"]["ports"]}
         assert metrics_service["spec"]["clusterIP"] == "None"  # every pod scraped on its own
+
+
+def test_every_dependency_of_the_image_is_pinned_in_the_constraints() -> None:
+    from importlib.metadata import distribution
+
+    from packaging.requirements import Requirement
+
+    pins = {}
+    for line in (DEPLOY / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: {line!r} is not an exact pin"
+            pins[name.lower().replace("_", "-")] = version
+    seen: set[str] = set()
+    todo = [Requirement(r) for r in distribution("presence-bridge").requires or []]
+    while todo:
+        requirement = todo.pop()
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue  # a dev extra or another platform's dependency
+        name = requirement.name.lower().replace("_", "-")
+        if name in seen:
+            continue
+        seen.add(name)
+        assert name in pins, f"{name} (needed by the image) is not pinned in deploy/constraints.txt"
+        todo += [Requirement(r) for r in distribution(name).requires or []]
+    assert seen

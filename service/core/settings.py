@@ -11,6 +11,7 @@ whole configuration in one round.
 from __future__ import annotations
 
 import os
+import re
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -54,6 +55,19 @@ def _secret_key(value: str) -> str:
             "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
         )
     return value
+
+
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def _tenant_guid(value: str) -> str:
+    # Graph sends tenantId as a lower-case GUID; a domain here would drop every notification.
+    if not _GUID.match(value):
+        raise ValueError(
+            "must be the directory (tenant) ID, a GUID such as 72f988bf-86f1-41af-91ab-2d7cd011db47, "
+            "not a domain: Entra admin center > Overview > Tenant ID"
+        )
+    return value.lower()
 
 
 def _previous_keys(value: str) -> str:
@@ -152,7 +166,9 @@ class Settings(BaseSettings):
         "BRIDGE_SECRET_KEY_PREVIOUS",
         "Comma-separated earlier BRIDGE_SECRET_KEYs still accepted for reading while a rotation runs",
     )
-    tenant_id: str = _setting("", "AZURE_TENANT_ID", "Entra directory (tenant) id", group=CORE)
+    tenant_id: Annotated[str, BeforeValidator(_tenant_guid)] = _setting(
+        "", "AZURE_TENANT_ID", "Entra directory (tenant) id, a GUID", group=CORE
+    )
     client_id: str = _setting(
         "", "AZURE_CLIENT_ID", "Application (client) id of the app registration", group=CORE
     )

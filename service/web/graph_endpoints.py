@@ -127,7 +127,7 @@ async def _authentic(
             dropped["unknown_subscription"] += 1
         elif not matches(expected, item.get("clientState")):
             dropped["bad_client_state"] += 1
-        elif item.get("tenantId") != ingest.tenant_id:
+        elif str(item.get("tenantId", "")).lower() != ingest.tenant_id:
             dropped["wrong_tenant"] += 1
         else:
             kept.append(item)

@@ -47,7 +47,7 @@ def settings_for(redis_url: str, **extra: str) -> Settings:
         "REDIS_URL": redis_url,
         "PUBLIC_BASE_URL": "https://bridge.bench",
         "BRIDGE_SECRET_KEY": SECRET_KEY,
-        "AZURE_TENANT_ID": "t",
+        "AZURE_TENANT_ID": "11111111-2222-3333-4444-555555555555",
         "AZURE_CLIENT_ID": "c",
         **extra,
     }

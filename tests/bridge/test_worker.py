@@ -171,7 +171,7 @@ async def test_sigkilled_worker_leaves_nothing_behind(
         REDIS_URL=redis_url,
         PUBLIC_BASE_URL="https://bridge.test",
         BRIDGE_SECRET_KEY=SECRET_KEY,
-        AZURE_TENANT_ID="t",
+        AZURE_TENANT_ID="11111111-2222-3333-4444-555555555555",
         AZURE_CLIENT_ID="c",
         # A worker process also runs the reconciler, which needs these; nothing here reaches them.
         AZURE_CLIENT_SECRET="unused",

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 GOOD = {
     "PUBLIC_BASE_URL": "https://bridge.example.com/",
     "BRIDGE_SECRET_KEY": "k" * 32,
-    "AZURE_TENANT_ID": "t",
+    "AZURE_TENANT_ID": "11111111-2222-3333-4444-555555555555",
     "AZURE_CLIENT_ID": "c",
 }
 
@@ -90,12 +90,12 @@ def test_oauth_needs_its_client_secret() -> None:
 def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text(
-        "# comment\nexport PUBLIC_BASE_URL='https://from-file.example'\nAZURE_TENANT_ID=\"file\"\n"
+        "# comment\nexport PUBLIC_BASE_URL='https://from-file.example'\nAZURE_TENANT_ID=\"00000000-0000-0000-0000-00000000f11e\"\n"
         f"BRIDGE_SECRET_KEY={'x' * 40}\nAZURE_CLIENT_ID=c\n"
     )
-    s = Settings.from_env({"AZURE_TENANT_ID": "env"}, env_file=env_file)
+    s = Settings.from_env({"AZURE_TENANT_ID": "00000000-0000-0000-0000-000000000e1f"}, env_file=env_file)
     assert s.public_base_url == "https://from-file.example"
-    assert s.tenant_id == "env"
+    assert s.tenant_id == "00000000-0000-0000-0000-000000000e1f"
     env_file.write_text("NOT A SETTING LINE\n")
     with pytest.raises(SettingsError, match=r"\.env:1: expected KEY=VALUE"):
         Settings.from_env({}, env_file=env_file)
@@ -106,7 +106,7 @@ def test_secrets_are_masked_and_kept_out_of_repr() -> None:
     assert "hunter2" not in repr(s)
     assert "k" * 32 not in repr(s)
     assert s.masked()["client_secret"] == "***"
-    assert s.masked()["tenant_id"] == "t"
+    assert s.masked()["tenant_id"] == "11111111-2222-3333-4444-555555555555"
 
 
 def test_every_setting_is_in_env_example_and_nothing_else() -> None:
@@ -178,3 +178,15 @@ def test_previous_secret_keys_are_listed_and_each_must_be_long_enough() -> None:
     with pytest.raises(SettingsError) as caught:
         Settings.from_env(dict(GOOD, BRIDGE_SECRET_KEY_PREVIOUS=f"{'a' * 32},short"), env_file=None)
     assert caught.value.problems[0].startswith("BRIDGE_SECRET_KEY_PREVIOUS must be comma-separated")
+
+
+def test_the_tenant_must_be_a_guid_and_is_kept_lower_case() -> None:
+    upper = Settings.from_env(
+        dict(GOOD, AZURE_TENANT_ID="72F988BF-86F1-41AF-91AB-2D7CD011DB47"), env_file=None
+    )
+    assert upper.tenant_id == "72f988bf-86f1-41af-91ab-2d7cd011db47"
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(dict(GOOD, AZURE_TENANT_ID="contoso.onmicrosoft.com"), env_file=None)
+    (problem,) = caught.value.problems
+    assert problem.startswith("AZURE_TENANT_ID must be the directory (tenant) ID, a GUID")
+    assert "Tenant ID" in problem

@@ -85,6 +85,14 @@ async def test_status_message_and_unknown_strings_pass_through(bridge: Bridge) -
     )
 
 
+async def test_the_tenant_id_is_compared_without_regard_to_case(bridge: Bridge) -> None:
+    sub = await bridge.subscription()
+    item = bridge.notifications.item(sub, bridge.certificate, "user-1")
+    shouted = dict(item, tenantId=str(item["tenantId"]).upper())
+    assert (await bridge.post(bridge.notifications.body([shouted]))).status_code == 202
+    assert await bridge.queued() == 1
+
+
 async def test_batch_keeps_good_items_and_drops_bad_ones(bridge: Bridge) -> None:
     sub = await bridge.subscription()
     good = [bridge.notifications.item(sub, bridge.certificate, f"user-{i}") for i in range(3)]

@@ -192,7 +192,9 @@ class Settings(BaseSettings):
         "Extra CA bundle (PEM) trusted for Graph, Entra and STARFACE, e.g. a sandbox CA",
     )
     notification_max_bytes: Annotated[int, BeforeValidator(_positive_int)] = _setting(
-        1024 * 1024, "NOTIFICATION_MAX_BYTES", "Largest accepted notification body in bytes"
+        4 * 1024 * 1024,
+        "NOTIFICATION_MAX_BYTES",
+        "Largest accepted notification body in bytes (Graph's batch size is not documented)",
     )
     presence_stream_maxlen: Annotated[int, BeforeValidator(_positive_int)] = _setting(
         1000000,

@@ -80,6 +80,7 @@ async def _items(request: Request, ingest: Ingest) -> tuple[list[dict[str, Any]]
     try:
         body = await read_bounded(request, ingest.max_bytes)
     except BodyTooLarge as exc:
+        metrics.NOTIFICATION_ITEMS.labels("body_too_large").inc()
         return _plain(413, f"body larger than {exc.limit} bytes")
     except ClientDisconnect:
         return _plain(400, "client went away")

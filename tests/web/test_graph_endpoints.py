@@ -112,18 +112,23 @@ async def test_batch_keeps_good_items_and_drops_bad_ones(bridge: Bridge) -> None
     }
 
 
-async def test_body_over_the_limit_is_413(bridge: Bridge) -> None:
-    big = b'{"value": [' + b" " * (1024 * 1024) + b"]}"
+async def test_bodies_up_to_4_mib_are_taken_and_larger_ones_are_413(bridge: Bridge) -> None:
+    sub = await bridge.subscription()
+    item = bridge.notifications.item(sub, bridge.certificate, "user-1")
+    padded = json.dumps(bridge.notifications.body([item])).encode()
+    padded = padded[:-1] + b" " * (3 * 1024 * 1024) + b"}"  # 3 MiB: a large batch from Graph
+    assert (await bridge.http.post("/graph/notifications", content=padded)).status_code == 202
+    big = b'{"value": [' + b" " * (4 * 1024 * 1024) + b"]}"
     response = await bridge.http.post("/graph/notifications", content=big)
     assert response.status_code == 413
 
     async def chunks() -> Any:  # no Content-Length: the bound holds while streaming
-        for _ in range(40):
+        for _ in range(140):
             yield b" " * 32768
 
     response = await bridge.http.post("/graph/notifications", content=chunks())
     assert response.status_code == 413
-    assert await bridge.queued() == 0
+    assert await bridge.queued() == 1  # the 3 MiB batch only
 
 
 @pytest.mark.parametrize(

@@ -10,10 +10,9 @@ Graph's rules drive every branch (docs/protocols.md, "Presence subscriptions", "
   instance from a leader killed between create and record).  Its ``clientState`` cannot be read
   back, so it is deleted and ours is created;
 * 401/403 gets one fresh token; a second refusal marks the account for the operator;
-* ``reauthorizationRequired`` is answered with a PATCH carrying a newly issued token (a PATCH
-  also reauthorizes), deferred until ten minutes after the previous PATCH, because reauthorize
-  and PATCH must not both happen within ten minutes; the explicit reauthorize call is therefore
-  never needed.
+* ``reauthorizationRequired`` is answered at once with a PATCH carrying a newly issued token (a
+  PATCH also reauthorizes).  Graph's ten-minute rule keeps a PATCH and a ``/reauthorize`` apart;
+  the bridge never calls ``/reauthorize``, so nothing needs to wait.
 """
 
 from __future__ import annotations
@@ -105,7 +104,6 @@ class Renewal:
         lifetime_seconds: float = 58 * 60,
         renew_before_seconds: float = 25 * 60,
         renew_jitter_seconds: float = 5 * 60,
-        reauthorize_quiet_seconds: float = 10 * 60,
         verify_interval_seconds: float = 5 * 60,
     ) -> None:
         self.graph = graph
@@ -121,7 +119,6 @@ class Renewal:
         self.lifetime = lifetime_seconds
         self.renew_before = renew_before_seconds
         self.renew_jitter = renew_jitter_seconds
-        self.reauthorize_quiet = reauthorize_quiet_seconds
         self.verify_interval = verify_interval_seconds
 
     # -- decisions ------------------------------------------------------------------------------
@@ -156,10 +153,6 @@ class Renewal:
         if now >= self.renew_due_at(record):
             return await self._renew(account, user_ids, record, certificate, now, Action.RENEWED)
         if record.reauthorize_requested:
-            if now - record.last_patch_at < self.reauthorize_quiet:
-                # Too soon after the last PATCH for Graph's 10-minute rule; the flag stays and a
-                # later pass answers it (the event comes well before the authorization ends).
-                return Outcome(account, Action.NONE, record.id, record.resync_needed)
             return await self._renew(account, user_ids, record, certificate, now, Action.REAUTHORIZED)
         if now - record.verified_at >= self.verify_interval:
             # Graph says nothing when a subscription is deleted or expires early; asking now and

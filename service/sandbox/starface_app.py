@@ -70,6 +70,9 @@ class FaultMiddleware:
             faults.errors -= 1
             await Response("Internal Server Error", 500)(scope, receive, send)
             return
+        if any(str(scope.get("path", "")).startswith(prefix) for prefix in faults.fail_paths):
+            await Response("Internal Server Error", 500)(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
 

@@ -17,9 +17,16 @@ class Faults:
     down: str = "none"
     slow_seconds: float = 0.0
     errors: int = 0
+    # Request paths (prefixes) answered 500 until cleared, e.g. ["/rest/groups"].
+    fail_paths: tuple[str, ...] = ()
 
     def view(self) -> dict[str, Any]:
-        return {"down": self.down, "slowSeconds": self.slow_seconds, "errors": self.errors}
+        return {
+            "down": self.down,
+            "slowSeconds": self.slow_seconds,
+            "errors": self.errors,
+            "failPaths": list(self.fail_paths),
+        }
 
 
 @dataclass

@@ -289,12 +289,17 @@ class ControlApi:
         errors = body.number("errors", self.ctx.faults.errors)
         self.ctx.faults.slow_seconds = body.number("slowSeconds", self.ctx.faults.slow_seconds)
         self.ctx.faults.errors = int(errors)
+        paths = body.data.get("failPaths", list(self.ctx.faults.fail_paths))
+        if not isinstance(paths, list) or not all(isinstance(p, str) and p.startswith("/") for p in paths):
+            raise InvalidInput("failPaths", 'must be a list of absolute paths, e.g. ["/rest/groups"]')
+        self.ctx.faults.fail_paths = tuple(paths)
         await _apply_down(self.ctx, down)
         return self.ctx.faults.view()
 
     async def clear_faults(self, _: Request, __: _Body) -> Any:
         self.ctx.faults.slow_seconds = 0.0
         self.ctx.faults.errors = 0
+        self.ctx.faults.fail_paths = ()
         await _apply_down(self.ctx, "none")
         return self.ctx.faults.view()
 

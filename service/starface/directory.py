@@ -29,7 +29,7 @@ from redis.exceptions import LockError, RedisError
 from service.core import keys
 from service.core.settings import Settings
 from service.core.storage import decoded
-from service.starface.gateway import GatewayError
+from service.starface.gateway import GatewayError, StarfaceUnavailable
 from service.starface.rest import RestClient, StarfaceUser, email_key, find_group
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ DUPLICATE_EMAIL = "duplicate_email"
 MISSING_EMAIL = "missing_email"
 UNKNOWN_LOGIN = "unknown_login"
 UNKNOWN_GROUP = "unknown_group"
+GROUPS_UNREADABLE = "groups_unreadable"
 NOTHING_SELECTED = "nothing_selected"
 
 
@@ -268,22 +269,33 @@ async def refresh(
     A PBX that cannot be read leaves the stored selection as it was and records the error.
     """
     at = time.time() if now is None else now
+    memberships: dict[int, list[str]] = defaultdict(list)
+    members: frozenset[int] | None = None
+    groups_failed: GatewayError | None = None
     try:
         users = await rest.users()
+    except GatewayError as exc:
+        await store.record_failure(str(exc), at=at)
+        raise
+    try:
         groups = await rest.groups()
-        memberships: dict[int, list[str]] = defaultdict(list)
         members_of: dict[int, frozenset[int]] = {}
         for found_group in groups:
             members_of[found_group.id] = await rest.group_member_ids(found_group.id)
             for user_id in members_of[found_group.id]:
                 memberships[user_id] += [found_group.name, str(found_group.id)]
-        members: frozenset[int] | None = None
         if settings.starface_group:
             found = find_group(groups, settings.starface_group)
             members = None if found is None else members_of[found.id]
     except GatewayError as exc:
-        await store.record_failure(str(exc), at=at)
-        raise
+        if settings.starface_group:
+            # The selection itself needs the group: keep the stored one and say which rule failed.
+            rule = f"STARFACE_GROUP={settings.starface_group!r}"
+            message = f"{rule} needs the STARFACE groups, which cannot be read: {exc}"
+            await store.record_failure(message, at=at)
+            raise StarfaceUnavailable(message) from None
+        # Only the mapping's group overrides need memberships: bridge everyone, without them.
+        groups_failed, memberships = exc, defaultdict(list)
     selection = select_users(
         users,
         select_all=settings.starface_select_all,
@@ -292,6 +304,12 @@ async def refresh(
         extra_logins=settings.starface_extra_logins,
         memberships=memberships,
     )
+    if groups_failed is not None:
+        note = Problem(
+            GROUPS_UNREADABLE,
+            f"STARFACE groups cannot be read ({groups_failed}); group overrides of the mapping do not apply",
+        )
+        selection = dataclasses.replace(selection, problems=(*selection.problems, note))
     await store.save(selection, refreshed_at=at)
     for problem in selection.problems:
         log.warning("STARFACE directory: %s", problem.message)

@@ -305,6 +305,29 @@ async def test_selected_users_carry_their_groups_for_mapping_overrides(
     assert set(bob.groups) == {"Empfang", str(group_id)}
 
 
+async def test_unreadable_groups_matter_only_to_a_group_rule_and_then_name_it(
+    pbx: StarfaceSandboxHandle,
+    rest: RestClient,
+    redis_client: aioredis.Redis,
+    make_settings: Callable[..., Settings],
+) -> None:
+    store = DirectoryStore(redis_client)
+    pbx.set_faults(fail_paths=["/rest/groups"])
+    everyone = sandbox_settings(make_settings, pbx, STARFACE_SELECT_ALL="true")
+    selection = await directory.refresh(rest, store, everyone)
+    assert selection.logins  # nobody needed the groups to be selected
+    assert [p.kind for p in selection.problems][-1] == directory.GROUPS_UNREADABLE
+    assert "group overrides of the mapping do not apply" in selection.problems[-1].message
+    by_group = sandbox_settings(make_settings, pbx, STARFACE_GROUP="Vertrieb")
+    with pytest.raises(StarfaceUnavailable) as caught:
+        await directory.refresh(rest, store, by_group)
+    assert "STARFACE_GROUP='Vertrieb' needs the STARFACE groups" in str(caught.value)
+    assert await store.logins() == selection.logins  # the last good selection stays
+    status = await store.status()
+    assert status.last_error is not None
+    assert "STARFACE_GROUP='Vertrieb'" in status.last_error
+
+
 async def test_a_failed_refresh_releases_only_its_own_gate(redis_client: aioredis.Redis) -> None:
     from redis.asyncio.lock import Lock
 

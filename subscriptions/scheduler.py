@@ -308,7 +308,9 @@ def build_scheduler(
         redis,
         emails=emails,
         accounts=accounts,
-        users=UserDirectory(redis, graph, tokens.app_token, clock=clock),
+        users=UserDirectory(
+            redis, graph, tokens.app_token, clock=clock, match_order=settings.user_match_order
+        ),
         renewal=renewal,
         resync=Resync(redis, graph, tokens.app_token, stream_maxlen=settings.presence_stream_maxlen),
         records=records,

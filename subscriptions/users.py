@@ -44,15 +44,39 @@ class Resolution:
         return set(self.ids.values())
 
 
-# Graph evaluates at most 15 expressions in one $filter; each request asks for up to 15 addresses.
-EMAILS_PER_REQUEST = 15
+# Graph evaluates at most 15 expressions in one $filter.
+FILTER_EXPRESSIONS = 15
+# The Entra properties a STARFACE e-mail address may match, in the default order of preference.
+MATCH_PROPERTIES = ("mail", "userPrincipalName", "proxyAddresses")
 
 
-def _filter_url(emails: Sequence[str]) -> str:
+def _clause(prop: str, email: str) -> str:
     # OData string literals escape a quote by doubling it.
-    clauses = " or ".join("mail eq '{}'".format(e.replace("'", "''")) for e in emails)
-    query = urllib.parse.quote(clauses, safe="'=")
-    return f"/users?$filter={query}&$select=id,mail,userPrincipalName&$top=999"
+    literal = email.replace("'", "''")
+    if prop == "proxyAddresses":  # a collection of "smtp:alias" entries (the primary is "SMTP:")
+        return f"proxyAddresses/any(x:x eq 'smtp:{literal}')"
+    return f"{prop} eq '{literal}'"
+
+
+def _filter_url(emails: Sequence[str], order: Sequence[str] = ("mail",)) -> str:
+    clauses = " or ".join(_clause(prop, e) for e in emails for prop in order)
+    query = urllib.parse.quote(clauses, safe="'=:()/")
+    return f"/users?$filter={query}&$select=id,mail,userPrincipalName,proxyAddresses&$top=999"
+
+
+def _match(users: list[dict[str, object]], email: str, order: Sequence[str]) -> str | None:
+    """The id of the user ``email`` names, by the first property in ``order`` that matches."""
+    for prop in order:
+        for user in users:
+            if prop == "proxyAddresses":
+                raw = user.get("proxyAddresses")
+                values = [str(v).lower() for v in raw] if isinstance(raw, list) else []
+                hit = f"smtp:{email}" in values
+            else:
+                hit = str(user.get(prop) or "").lower() == email
+            if hit and user.get("id"):
+                return str(user["id"]).lower()
+    return None
 
 
 class UserDirectory:
@@ -65,6 +89,7 @@ class UserDirectory:
         clock: Clock | None = None,
         refresh_seconds: float = 24 * 3600,
         missing_refresh_seconds: float = 3600,
+        match_order: Sequence[str] = MATCH_PROPERTIES,
     ) -> None:
         self.redis = redis
         self.graph = graph
@@ -72,6 +97,8 @@ class UserDirectory:
         self.clock: Clock = clock or SystemClock()
         self.refresh_seconds = refresh_seconds
         self.missing_refresh_seconds = missing_refresh_seconds
+        self.match_order = tuple(match_order)
+        self.per_request = max(1, FILTER_EXPRESSIONS // len(self.match_order))
 
     async def resolve(self, emails: Sequence[str]) -> Resolution:
         wanted = sorted({e.strip().lower() for e in emails if e and e.strip()})
@@ -108,8 +135,9 @@ class UserDirectory:
         return age >= limit
 
     async def _lookup(self, emails: list[str], now: float) -> tuple[dict[str, dict[str, object]], list[str]]:
-        groups = [emails[i : i + EMAILS_PER_REQUEST] for i in range(0, len(emails), EMAILS_PER_REQUEST)]
-        items = [BatchRequest("GET", _filter_url(group)) for group in groups]
+        step = self.per_request
+        groups = [emails[i : i + step] for i in range(0, len(emails), step)]
+        items = [BatchRequest("GET", _filter_url(group, self.match_order)) for group in groups]
 
         async def lookup(token: str) -> list[GraphResponse]:
             responses = await self.graph.batch(items, token=token)
@@ -124,13 +152,9 @@ class UserDirectory:
             if response.status != 200 or not isinstance(response.body, dict):
                 failed.extend(group)
                 continue
-            by_mail = {
-                str(u.get("mail", "")).lower(): str(u["id"]).lower()
-                for u in response.body.get("value") or []
-                if isinstance(u, dict) and u.get("id")
-            }
+            users = [u for u in response.body.get("value") or [] if isinstance(u, dict)]
             for email in group:
-                found[email] = {"id": by_mail.get(email), "checked_at": now}
+                found[email] = {"id": _match(users, email, self.match_order), "checked_at": now}
         if found:
             await self.redis.hset(
                 keys.USER_IDS, mapping={e: json.dumps(v, separators=(",", ":")) for e, v in found.items()}

@@ -107,6 +107,15 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
+def _match_order(value: str) -> tuple[str, ...]:
+    known = ("mail", "userPrincipalName", "proxyAddresses")
+    chosen = _csv(value)
+    wrong = [p for p in chosen if p not in known]
+    if not chosen or wrong or len(set(chosen)) != len(chosen):
+        raise ValueError(f"must be a comma-separated order of {', '.join(known)}, each at most once")
+    return chosen
+
+
 def _existing_file(value: str) -> str:
     if not Path(value).is_file():
         raise ValueError(f"file {value!r} does not exist")
@@ -284,6 +293,11 @@ class Settings(BaseSettings):
     )
     starface_directory_refresh_seconds: Annotated[int, BeforeValidator(_positive_int)] = _setting(
         600, "STARFACE_DIRECTORY_REFRESH_SECONDS", "How often the STARFACE user directory is re-read"
+    )
+    user_match_order: Annotated[tuple[str, ...], BeforeValidator(_match_order)] = _setting(
+        ("mail", "userPrincipalName", "proxyAddresses"),
+        "USER_MATCH_ORDER",
+        "Entra properties a STARFACE e-mail is matched against, first match wins",
     )
     graph_service_accounts: Annotated[tuple[str, ...], BeforeValidator(_csv)] = _setting(
         (),

@@ -120,6 +120,8 @@ class Account:
     display_name: str
     mail: str | None
     given_name: str | None = None
+    # Entra's proxyAddresses: "SMTP:primary@…" and "smtp:alias@…" entries.
+    proxy_addresses: tuple[str, ...] = ()
     surname: str | None = None
     job_title: str | None = None
     password: str | None = field(default=None, repr=False)
@@ -139,6 +141,7 @@ class Account:
             "preferredLanguage": None,
             "surname": self.surname,
             "userPrincipalName": self.user_principal_name,
+            "proxyAddresses": list(self.proxy_addresses),
             "id": self.id,
         }
 

@@ -123,8 +123,11 @@ class GraphSandbox:
         user_id: str | None = None,
         password: str | None = None,
         mfa_required: bool = False,
+        proxy_addresses: tuple[str, ...] = (),
     ) -> Account:
-        """Create a directory user; with a password it can sign in (a service account)."""
+        """Create a directory user; with a password it can sign in (a service account).
+
+        ``mail`` defaults to the UPN; an empty ``mail`` means the user has none."""
         if user_id is not None and not _GUID.match(user_id):
             raise ValueError("a user id must be a GUID, as Entra object ids are")
         local = re.sub(r"[^a-z0-9.]+", ".", display_name.lower()).strip(".") or "user"
@@ -134,7 +137,8 @@ class GraphSandbox:
             id=(user_id or str(uuid.uuid4())).lower(),
             user_principal_name=upn,
             display_name=display_name,
-            mail=mail if mail is not None else upn,
+            mail=(mail or None) if mail is not None else upn,
+            proxy_addresses=tuple(proxy_addresses),
             given_name=given or None,
             surname=surname or None,
             password=password,

@@ -115,6 +115,7 @@ class ControlApi:
             user_id=body.get("id"),
             password=body.get("password"),
             mfa_required=bool(body.get("mfaRequired", False)),
+            proxy_addresses=tuple(_strings(body.get("proxyAddresses", []), "proxyAddresses")),
         )
         return self.user_json(created)
 
@@ -407,3 +408,9 @@ def control_routes(sandbox: GraphHost) -> list[Route]:
         r("/settings", api.settings, "PUT"),
         r("/deliveries", api.deliveries, "GET"),
     ]
+
+
+def _strings(value: Any, name: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ControlError(400, f"{name} must be a list of strings")
+    return list(value)

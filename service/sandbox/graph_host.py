@@ -120,6 +120,7 @@ class GraphHost(Protocol):
         user_id: str | None = None,
         password: str | None = None,
         mfa_required: bool = False,
+        proxy_addresses: tuple[str, ...] = (),
     ) -> Account: ...
 
     def advance(self, seconds: float) -> float: ...

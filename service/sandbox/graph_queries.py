@@ -50,12 +50,20 @@ def select_fields(item: dict[str, Any], fields: list[str]) -> dict[str, Any]:
 _FILTER_TERM = re.compile(
     r"^\s*(mail|userPrincipalName|id|displayName)\s+eq\s+'((?:[^']|'')*)'\s*$", re.IGNORECASE
 )
+# proxyAddresses is a collection: Graph filters it with a lambda, e.g. proxyAddresses/any(x:x eq 'smtp:a@b').
+_ANY_TERM = re.compile(
+    r"^\s*proxyAddresses/any\(\s*(\w+)\s*:\s*\1\s+eq\s+'((?:[^']|'')*)'\s*\)\s*$", re.IGNORECASE
+)
 
 
 def user_filter(expression: str) -> Callable[[Account], bool]:
     """``$filter`` on users: ``prop eq 'value'`` terms joined by ``or`` (what the bridge needs)."""
     terms: list[tuple[str, str]] = []
     for part in re.split(r"\s+or\s+", expression, flags=re.IGNORECASE):
+        lambda_term = _ANY_TERM.match(part)
+        if lambda_term is not None:
+            terms.append(("proxyaddresses", lambda_term.group(2).replace("''", "'").lower()))
+            continue
         match = _FILTER_TERM.match(part)
         if match is None:
             raise GraphError(
@@ -70,6 +78,9 @@ def user_filter(expression: str) -> Callable[[Account], bool]:
             "id": account.id.lower(),
             "displayname": account.display_name.lower(),
         }
-        return any(values[name] == value for name, value in terms)
+        proxies = {p.lower() for p in account.proxy_addresses}
+        return any(
+            value in proxies if name == "proxyaddresses" else values[name] == value for name, value in terms
+        )
 
     return accept

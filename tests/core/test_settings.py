@@ -190,3 +190,11 @@ def test_the_tenant_must_be_a_guid_and_is_kept_lower_case() -> None:
     (problem,) = caught.value.problems
     assert problem.startswith("AZURE_TENANT_ID must be the directory (tenant) ID, a GUID")
     assert "Tenant ID" in problem
+
+
+def test_the_user_match_order_names_known_properties_once_each() -> None:
+    s = Settings.from_env(dict(GOOD, USER_MATCH_ORDER="userPrincipalName, mail"), env_file=None)
+    assert s.user_match_order == ("userPrincipalName", "mail")
+    for bad in ("mail,mail", "email", ","):
+        with pytest.raises(SettingsError, match="USER_MATCH_ORDER must be a comma-separated order"):
+            Settings.from_env(dict(GOOD, USER_MATCH_ORDER=bad), env_file=None)

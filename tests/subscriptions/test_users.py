@@ -6,7 +6,7 @@ import json
 
 from service.core import keys
 from service.graph.client import BATCH_LIMIT
-from subscriptions.users import EMAILS_PER_REQUEST
+from subscriptions.users import FILTER_EXPRESSIONS, MATCH_PROPERTIES, UserDirectory
 from tests.fixtures.subscription_world import WorldFactory
 
 
@@ -44,5 +44,34 @@ async def test_failed_lookups_are_unresolved_not_missing(subscription_world: Wor
     assert await world.redis.hlen(keys.USER_IDS) == 0
 
 
-def test_one_batch_covers_three_hundred_addresses() -> None:
-    assert EMAILS_PER_REQUEST * BATCH_LIMIT == 300
+def test_one_batch_covers_a_hundred_addresses_with_three_properties_each() -> None:
+    per_request = FILTER_EXPRESSIONS // len(MATCH_PROPERTIES)
+    assert per_request * BATCH_LIMIT == 100
+
+
+async def test_an_address_matches_mail_then_the_upn_then_an_alias(subscription_world: WorldFactory) -> None:
+    world = await subscription_world(users=2, accounts=1, login=False)
+    sandbox = world.handle.sandbox
+    by_mail = sandbox.add_user("Mail User", mail="anna@contoso.test")
+    by_upn = sandbox.add_user("Upn User", mail="", user_principal_name="ben@contoso.test")
+    by_alias = sandbox.add_user(
+        "Alias User",
+        mail="carla.conrad@contoso.test",
+        proxy_addresses=("SMTP:carla.conrad@contoso.test", "smtp:cc@contoso.test"),
+    )
+    # Someone whose alias is another person's mail: mail wins, as the order says.
+    sandbox.add_user("Other", mail="other@contoso.test", proxy_addresses=("smtp:anna@contoso.test",))
+    asked = ["anna@contoso.test", "Ben@Contoso.test", "cc@contoso.test", "nobody@contoso.test"]
+    result = await world.scheduler.users.resolve(asked)
+    assert result.ids == {
+        "anna@contoso.test": by_mail.id,
+        "ben@contoso.test": by_upn.id,
+        "cc@contoso.test": by_alias.id,
+    }
+    assert result.missing == ["nobody@contoso.test"]
+    mail_only = UserDirectory(
+        world.redis, world.scheduler.users.graph, world.scheduler.users.app_token, match_order=["mail"]
+    )
+    await world.redis.delete(keys.USER_IDS)
+    narrow = await mail_only.resolve(asked)
+    assert narrow.ids == {"anna@contoso.test": by_mail.id}

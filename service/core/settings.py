@@ -279,6 +279,11 @@ class Settings(BaseSettings):
     starface_uci_namespace: Annotated[str, BeforeValidator(_namespace)] = _setting(
         "v30", "STARFACE_UCI_NAMESPACE", "UCI namespace: v30 (STARFACE >= 7.3) or v22"
     )
+    starface_callback_on_every_request: Annotated[bool, BeforeValidator(_bool)] = _setting(
+        True,
+        "STARFACE_CALLBACK_ON_EVERY_REQUEST",
+        "Send the UCI callback parameters on every request, as public UCI clients do, not only at login",
+    )
     starface_keepalive_seconds: Annotated[int, BeforeValidator(_positive_int)] = _setting(
         30, "STARFACE_KEEPALIVE_SECONDS", "Interval of UCI keepAlive calls per user session"
     )

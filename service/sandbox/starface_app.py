@@ -320,7 +320,11 @@ def _uci_route(ctx: Context) -> Route:
         if handler is None:
             return _fault(FAULT_NO_SUCH_METHOD, f"no such method: {method}")
         try:
-            return Response(dumps_response(handler(pbx, user, params, query)), media_type=XML)
+            answer = handler(pbx, user, params, query)
+            session = pbx.session(user.login)
+            if session is not None and _callback_from(query) is not None:
+                session.callback_requests += 1
+            return Response(dumps_response(answer), media_type=XML)
         except NotLoggedIn:
             return _fault(sp.FAULT_NOT_LOGGED_IN, sp.FAULT_NOT_LOGGED_IN_TEXT)
         except InvalidInput as exc:

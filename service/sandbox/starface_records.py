@@ -150,6 +150,9 @@ class UciSession:
     last_seen: float
     callback: Callback | None
     subscriptions: set[str] = field(default_factory=set)
+    # Requests of this session that carried the callback parameters (public UCI clients send them
+    # on every request; whether the PBX needs that is not documented).
+    callback_requests: int = 0
 
     def view(self) -> dict[str, Any]:
         return {
@@ -158,6 +161,7 @@ class UciSession:
             "createdAt": self.created_at,
             "lastSeen": self.last_seen,
             "callbackUrl": self.callback.url(self.login) if self.callback else None,
+            "callbackRequests": self.callback_requests,
             "subscriptions": sorted(self.subscriptions),
         }
 

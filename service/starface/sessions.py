@@ -355,7 +355,13 @@ class SessionManager:
             auth = JwtUciAuth(grant)
         else:
             auth = LegacyUciAuth(login, password)
-        client = UciClient(self.http, self.base_url, auth, namespace=self.namespace)
+        client = UciClient(
+            self.http,
+            self.base_url,
+            auth,
+            namespace=self.namespace,
+            callback_on_every_request=self.settings.starface_callback_on_every_request,
+        )
         self._clients[login] = (fingerprint, client)
         return client
 

@@ -118,8 +118,13 @@ class UciClient:
         auth: UciAuth,
         *,
         namespace: str = "v30",
+        callback_on_every_request: bool = True,
     ) -> None:
         self._http = http
+        # As every public UCI client does: the callback rides on every request, not only on login,
+        # in case the PBX re-reads it (docs/starface-wire.md).  STARFACE_CALLBACK_ON_EVERY_REQUEST.
+        self.callback_on_every_request = callback_on_every_request
+        self.callback: CallbackTarget | None = None
         self._url = base_url.rstrip("/") + sp.UCI_PATH
         self._auth = auth
         self.login_id = auth.login
@@ -136,6 +141,8 @@ class UciClient:
         method = sp.method(self.namespace, family, name)
         what = f"UCI {family}.{name}"
         body = xmlrpc.dumps_call(method, params)
+        if extra is None and self.callback_on_every_request and self.callback is not None:
+            extra = self.callback.query()
         for attempt in (1, 2):
             param, value = await self._auth.query()
             query = {param: value, **(extra or {})}
@@ -165,6 +172,7 @@ class UciClient:
 
     async def login(self, callback: CallbackTarget | None) -> None:
         """Open the session with the callback registered, then subscribe to call events."""
+        self.callback = callback
         try:
             ok = await self.call("requests.connection", "login", extra=callback.query() if callback else None)
         except SessionExpired as exc:

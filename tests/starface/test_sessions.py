@@ -283,6 +283,29 @@ async def test_concurrent_writes_after_a_dropped_session_log_in_once(env: Env) -
     assert (env.pbx.user("0001")["dnd"], env.pbx.user("0001")["statusText"]) == (True, "Im Gespräch")
 
 
+async def test_the_callback_rides_on_every_request_of_a_session(env: Env) -> None:
+    await env.manager.sync(["0001"], now=env.t0)
+    await env.manager.run_due(env.t0)  # login (and subscribeEvents)
+    await env.manager.set_dnd("0001", True)
+    await env.manager.set_status_text("0001", "Im Gespräch")
+    await env.manager.run_due(env.t0 + 31)  # keepAlive
+    session = env.pbx.session("0001")
+    assert session is not None
+    assert session["callbackRequests"] == 5
+
+
+async def test_with_the_setting_off_only_login_carries_the_callback(env: Env) -> None:
+    env.manager.settings = env.manager.settings.model_copy(
+        update={"starface_callback_on_every_request": False}
+    )
+    await env.manager.sync(["0001"], now=env.t0)
+    await env.manager.run_due(env.t0)
+    await env.manager.set_dnd("0001", True)
+    session = env.pbx.session("0001")
+    assert session is not None
+    assert session["callbackRequests"] == 1
+
+
 async def test_logout_all_at_shutdown(env: Env) -> None:
     await env.manager.sync(["0001", "0002"], now=env.t0)
     await env.manager.run_due(env.t0)

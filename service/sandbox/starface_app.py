@@ -41,6 +41,9 @@ MAX_JSON_BYTES = 16 * 1024
 FAULT_PARSE = -32700
 FAULT_NO_SUCH_METHOD = -32601
 FAULT_INVALID_PARAMS = -32602
+# [INF] The fault a PBX might send for refused credentials instead of HTTP 401 (refusedLogin "fault").
+FAULT_AUTHENTICATION = 401
+FAULT_AUTHENTICATION_TEXT = "Authentication failed: wrong login ID or password"
 SANDBOX_VERSION = "10.0.1.6"
 XML = "text/xml; charset=utf-8"
 
@@ -307,6 +310,8 @@ def _uci_route(ctx: Context) -> Route:
         try:
             user = pbx.user_for_uci(query.get(sp.UCI_AUTH_PARAM), query.get(sp.UCI_JWT_PARAM))
         except AuthenticationFailed:
+            if ctx.faults.refused_login == "fault":
+                return _fault(FAULT_AUTHENTICATION, FAULT_AUTHENTICATION_TEXT)
             return Response(status_code=401)
         try:
             method, params = parse_call(await read_bounded(request, DEFAULT_MAX_BYTES))

@@ -19,6 +19,8 @@ class Faults:
     errors: int = 0
     # Request paths (prefixes) answered 500 until cleared, e.g. ["/rest/groups"].
     fail_paths: tuple[str, ...] = ()
+    # How a UCI call with a wrong password is refused: "401" or an XML-RPC "fault" (not documented).
+    refused_login: str = "401"
 
     def view(self) -> dict[str, Any]:
         return {
@@ -26,6 +28,7 @@ class Faults:
             "slowSeconds": self.slow_seconds,
             "errors": self.errors,
             "failPaths": list(self.fail_paths),
+            "refusedLogin": self.refused_login,
         }
 
 

@@ -293,6 +293,10 @@ class ControlApi:
         if not isinstance(paths, list) or not all(isinstance(p, str) and p.startswith("/") for p in paths):
             raise InvalidInput("failPaths", 'must be a list of absolute paths, e.g. ["/rest/groups"]')
         self.ctx.faults.fail_paths = tuple(paths)
+        refused = body.text("refusedLogin", self.ctx.faults.refused_login)
+        if refused not in ("401", "fault"):
+            raise InvalidInput("refusedLogin", "must be 401 or fault")
+        self.ctx.faults.refused_login = refused
         await _apply_down(self.ctx, down)
         return self.ctx.faults.view()
 
@@ -300,6 +304,7 @@ class ControlApi:
         self.ctx.faults.slow_seconds = 0.0
         self.ctx.faults.errors = 0
         self.ctx.faults.fail_paths = ()
+        self.ctx.faults.refused_login = "401"
         await _apply_down(self.ctx, "none")
         return self.ctx.faults.view()
 

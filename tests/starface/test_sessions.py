@@ -361,7 +361,13 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> Non
         await asyncio.sleep(0.02)
 
 
-async def test_a_refused_password_is_tried_at_most_three_times_an_hour_then_left_alone(env: Env) -> None:
+@pytest.mark.parametrize("refusal", ["401", "fault"])
+async def test_a_refused_password_is_tried_at_most_three_times_an_hour_then_left_alone(
+    env: Env, refusal: str
+) -> None:
+    # Whether STARFACE refuses a wrong password with HTTP 401 or with a fault is not documented.
+    env.pbx.set_faults(refused_login=refusal)
+
     def refused_by_the_pbx() -> float:
         return float(metrics.STARFACE_LOGINS_REFUSED._value.get())
 

@@ -18,6 +18,8 @@ import logging
 import time
 from collections.abc import Callable
 
+import aiohttp
+
 log = logging.getLogger(__name__)
 
 CLOSED = "closed"
@@ -82,3 +84,20 @@ class Circuit:
                 self.failures,
                 self.probe_seconds,
             )
+
+
+async def probe_http(circuit: Circuit, http: aiohttp.ClientSession, url: str) -> bool:
+    """Ask ``url`` whether the service answers at all: any HTTP status below 500 closes the circuit
+    (no credentials needed, a 401 is an answer); none, or a 5xx, keeps it open."""
+    if not circuit.allow():
+        return False
+    try:
+        async with http.get(url, timeout=aiohttp.ClientTimeout(total=5)) as response:
+            up = response.status < 500
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        up = False
+    if up:
+        circuit.succeeded()
+    else:
+        circuit.failed()
+    return up

@@ -154,6 +154,10 @@ class GraphClient:
         self.max_wait = max_wait
         self._session: aiohttp.ClientSession | None = None
 
+    def http(self) -> aiohttp.ClientSession:
+        """The client's keep-alive HTTP session (made on first use)."""
+        return self._http()
+
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(

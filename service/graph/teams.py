@@ -10,9 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-import aiohttp
-
-from service.core.circuit import Circuit
+from service.core.circuit import Circuit, probe_http
 from service.core.clock import Clock, SystemClock
 from service.graph.client import (
     GraphClient,
@@ -92,20 +90,7 @@ class GraphTeams:
 
     async def probe(self) -> bool:
         """Ask Graph whether it answers at all (no token needed: a 401 is an answer)."""
-        if not self.circuit.allow():
-            return False
-        try:
-            async with self.client._http().get(
-                f"{self.client.base_url}/v1.0/", timeout=aiohttp.ClientTimeout(total=5)
-            ) as response:
-                up = response.status < 500
-        except (aiohttp.ClientError, TimeoutError, OSError):
-            up = False
-        if up:
-            self.circuit.succeeded()
-        else:
-            self.circuit.failed()
-        return up
+        return await probe_http(self.circuit, self.client.http(), f"{self.client.base_url}/v1.0/")
 
     async def set_presence(self, user_id: str, presence: TeamsPresence, duration_seconds: int) -> None:
         body = {

@@ -36,7 +36,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from service.core import keys, metrics
-from service.core.circuit import Circuit
+from service.core.circuit import Circuit, probe_http
 from service.core.secretbox import SealError, SecretBox
 from service.core.settings import Settings, reveal
 from service.core.storage import decoded
@@ -580,21 +580,8 @@ class SessionManager:
                 await asyncio.wait_for(stop.wait(), timeout=tick)
 
     async def probe(self) -> bool:
-        """Ask the PBX whether it answers at all; any HTTP answer below 500 closes the circuit."""
-        if not self.circuit.allow():
-            return False
-        try:
-            async with self.http.get(
-                f"{self.base_url}/rest/login", timeout=aiohttp.ClientTimeout(total=5)
-            ) as response:
-                up = response.status < 500
-        except (aiohttp.ClientError, TimeoutError, OSError):
-            up = False
-        if up:
-            self.circuit.succeeded()
-        else:
-            self.circuit.failed()
-        return up
+        """Ask the PBX whether it answers at all (its REST login page needs no credentials)."""
+        return await probe_http(self.circuit, self.http, f"{self.base_url}/rest/login")
 
     def _wake_failed_sessions(self) -> None:
         """The PBX is back: sessions that failed as unavailable are due now, not at their retry."""

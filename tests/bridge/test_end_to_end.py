@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from service.core import keys
 from service.core.settings import FIELDS
 from service.sandbox.demo import DemoWorld, Person
+from tests.chaos.scenarios import bridge_process
 
 pytestmark = pytest.mark.slow
 
@@ -179,18 +180,6 @@ async def test_every_call_reaches_teams_within_seconds_after_a_graph_outage(
     assert took < 10
 
 
-def _bridge_process(world: DemoWorld, role: str) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if k not in {f.env for f in FIELDS}}
-    env.update(world.environment())
-    return subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--role", role],
-        env=env,
-        cwd=world.state_dir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
 async def test_sigkilled_worker_mid_burst_loses_nothing_and_never_flaps(
     world_factory: Callable[..., Any],
 ) -> None:
@@ -201,7 +190,7 @@ async def test_sigkilled_worker_mid_burst_loses_nothing_and_never_flaps(
     # Hand the work over to worker processes: stop the in-process worker first.
     in_process = world.runtimes.pop()
     await in_process.close()
-    first = _bridge_process(world, "worker")
+    first = bridge_process(world, "worker")
     second: subprocess.Popen[bytes] | None = None
     assert world.redis_url is not None
     redis = connect_worker(world.redis_url)
@@ -219,7 +208,7 @@ async def test_sigkilled_worker_mid_burst_loses_nothing_and_never_flaps(
         first.wait(timeout=10)
         for person in world.people:
             await world.set_teams(person, "Available", "Available")
-        second = _bridge_process(world, "worker")
+        second = bridge_process(world, "worker")
         for person in world.people:
             await world.expect_starface(person, False, "Verfügbar", within=60)
         # What the user sees on the phone only ever moved forward: off -> on -> off at most.

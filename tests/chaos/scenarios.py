@@ -190,7 +190,8 @@ async def calls_burst(
         await world.close()
 
 
-def _bridge_process(world: DemoWorld, role: str) -> subprocess.Popen[bytes]:
+def bridge_process(world: DemoWorld, role: str) -> subprocess.Popen[bytes]:
+    """``serve --role ROLE`` as a process of its own, on the world's settings."""
     env = {k: v for k, v in os.environ.items() if k not in {f.env for f in FIELDS}}
     env.update(world.environment())
     return subprocess.Popen(
@@ -210,7 +211,7 @@ async def worker_killed(state_dir: Path, *, settle: float = 60) -> Row:
     try:
         await world.ready()
         await world.runtimes.pop().close()  # the work goes to a worker process
-        first = _bridge_process(world, "worker")
+        first = bridge_process(world, "worker")
         await asyncio.sleep(2.0)
         offered = 0
         for person in world.people:
@@ -221,7 +222,7 @@ async def worker_killed(state_dir: Path, *, settle: float = 60) -> Row:
         for person in world.people:
             await world.set_teams(person, *FREE[:2])
             offered += 1
-        second = _bridge_process(world, "worker")
+        second = bridge_process(world, "worker")
         started = time.monotonic()
         expected = {p.login: (FREE[2], FREE[3]) for p in world.people}
         converged: float | None = None

@@ -61,6 +61,15 @@ async def starface_503(world: DemoWorld) -> Callable[[], Awaitable[None]]:
     return await _starface_down(world, "503")
 
 
+async def starface_500(world: DemoWorld) -> Callable[[], Awaitable[None]]:
+    await world.starface_control("PUT", "/control/faults", {"errors": 1_000_000})
+
+    async def repair() -> None:
+        await world.starface_control("PUT", "/control/faults", {"errors": 0})
+
+    return repair
+
+
 async def starface_slow(world: DemoWorld) -> Callable[[], Awaitable[None]]:
     await world.starface_control("PUT", "/control/faults", {"slowSeconds": 3})
 
@@ -256,6 +265,7 @@ def teams_scenarios(fault_seconds: float) -> list[tuple[str, Fault, float]]:
     return [
         (f"STARFACE refuses connections {fault_seconds:.0f} s", starface_refuses, fault_seconds),
         (f"STARFACE answers 503 {fault_seconds:.0f} s", starface_503, fault_seconds),
+        (f"STARFACE answers 500 {fault_seconds:.0f} s", starface_500, fault_seconds),
         (f"STARFACE answers after 3 s for {fault_seconds:.0f} s", starface_slow, fault_seconds),
         ("STARFACE drops every UCI session", starface_drops_sessions, 2.0),
         ("Valkey killed -9, restarted on its AOF", valkey_restart, 2.0),

@@ -22,12 +22,13 @@ from typing import Any
 import aiohttp
 import redis.asyncio as aioredis
 
+from service.bridge.confirm import Confirmer
 from service.bridge.due import Schedule
 from service.bridge.identity import link_resolved
 from service.bridge.mapping import Mapping, load_mapping
 from service.bridge.reconciler import Reconciler
 from service.bridge.streams import StreamConsumer
-from service.bridge.worker import PresenceWorker
+from service.bridge.worker import ChangeListener, PresenceWorker
 from service.core import heartbeat, keys
 from service.core.clock import Clock, SystemClock
 from service.core.settings import Settings
@@ -42,6 +43,7 @@ from service.starface.sessions import SessionManager
 from service.web import starface_callback as callback
 from service.web.app import create_app
 from service.web.server import AppServer
+from subscriptions.resync import Resync
 from subscriptions.scheduler import build_scheduler
 from subscriptions.tokens import Tokens
 from subscriptions.users import Resolution
@@ -143,7 +145,17 @@ class Runtime:
         self._spawn("graph-probe", _probe_while_open(teams, self.stop))
         if await self.reconciler.adopt_mapping():
             log.info("the mapping differs from the one the workers last used: every user is reconciled again")
-        worker = PresenceWorker(redis, settings, listeners=[self.reconciler.on_presence])
+        listeners: list[ChangeListener] = [self.reconciler.on_presence]
+        if settings.presence_confirm_seconds > 0:
+            # Changes without sequenceNumber are confirmed by a read, so a late retry of an old
+            # state is corrected within seconds (service/bridge/confirm.py).
+            reads = Resync(redis, graph, tokens.app_token, stream_maxlen=settings.presence_stream_maxlen)
+            confirmer = Confirmer(
+                redis, reads.sweep, delay_seconds=settings.presence_confirm_seconds, clock=self.clock.now
+            )
+            listeners.append(confirmer.on_presence)
+            self._spawn("presence-confirm", confirmer.run(self.stop))
+        worker = PresenceWorker(redis, settings, listeners=listeners)
         calls = StreamConsumer(
             redis,
             keys.CALL_STREAM,

@@ -16,6 +16,9 @@ CALL_STREAM = f"{PREFIX}:{{pb}}:stream:calls"
 DEAD_LETTER_STREAM = f"{PREFIX}:{{pb}}:stream:dead"
 WORKER_GROUP = "workers"
 
+# zset: user id -> when to read the user's presence to confirm a change without sequenceNumber
+PRESENCE_CONFIRM = f"{PREFIX}:{{pb}}:presence:confirm"
+
 # -- webhook ----------------------------------------------------------------------------------
 # hash: reason -> count of notification items dropped for that reason
 DROPPED_COUNTS = f"{PREFIX}:{{pb}}:dropped"

@@ -80,6 +80,13 @@ def _previous_keys(value: str) -> str:
     return value
 
 
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("must be 0 or a positive whole number")
+    return number
+
+
 def _positive_int(value: str) -> int:
     number = int(value)
     if number <= 0:
@@ -308,6 +315,11 @@ class Settings(BaseSettings):
         (),
         "GRAPH_SERVICE_ACCOUNTS",
         "Comma-separated service accounts (UPNs) that hold presence subscriptions, 650 users each",
+    )
+    presence_confirm_seconds: Annotated[int, BeforeValidator(_non_negative_int)] = _setting(
+        1,
+        "PRESENCE_CONFIRM_SECONDS",
+        "Seconds after a notification without sequenceNumber to read the user's presence again; 0 = never",
     )
     resync_interval_seconds: Annotated[int, BeforeValidator(_positive_int)] = _setting(
         900,

@@ -13,6 +13,7 @@ with ``GraphSandbox(...).serve_in_thread()``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -78,6 +79,8 @@ class GraphSandbox:
         self.options = options or SandboxOptions()
         self.state_dir = state_dir
         self.clock = Clock(speed=self.options.clock_speed)
+        # The last change notifications per user, for a control call to redeliver one late.
+        self.sent: dict[str, collections.deque[tuple[str, PendingItem]]] = {}
         self.entra = EntraTenant(
             self.clock,
             tenant_id=self.options.tenant_id,
@@ -224,16 +227,27 @@ class GraphSandbox:
             }
             if item.include_resource_data and item.certificate is not None:
                 content = {"@odata.id": f"users/{user_id}/presence", **resource}
+                if not self.options.sequence_numbers:
+                    content.pop("sequenceNumber", None)
                 payload["encryptedContent"] = encrypt_content(
                     json.dumps(content).encode(), item.certificate, item.encryption_certificate_id or ""
                 )
-            self.notifier.enqueue(
-                item.notification_url,
-                "change",
-                PendingItem(
-                    item.id, item.notification_url_app_id or item.app_id, item.include_resource_data, payload
-                ),
+            pending = PendingItem(
+                item.id, item.notification_url_app_id or item.app_id, item.include_resource_data, payload
             )
+            self.sent.setdefault(user_id, collections.deque(maxlen=10)).append(
+                (item.notification_url, pending)
+            )
+            self.notifier.enqueue(item.notification_url, "change", pending)
+
+    def redeliver(self, user_id: str, back: int) -> bool:
+        """Send the user's ``back``-th last change notification again, as a late Graph retry would."""
+        sent = self.sent.get(user_id)
+        if not sent or not 1 <= back <= len(sent):
+            return False
+        url, pending = sent[-back]
+        self.notifier.enqueue(url, "change", pending)
+        return True
 
     def _send_lifecycle(self, item: Subscription, event: str) -> None:
         if item.lifecycle_url is None or self.notifier.http is None:

@@ -51,12 +51,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--coalesce-seconds", type=float, default=1.0, help="window that gathers changes into one POST"
     )
+    parser.add_argument(
+        "--sequence-numbers",
+        action="store_true",
+        help="add sequenceNumber to the decrypted presence (Microsoft documents the payload without it)",
+    )
 
 
 def build_from_args(args: argparse.Namespace) -> GraphSandbox:
     state_dir = Path(args.state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
-    options = SandboxOptions(domain=args.domain, coalesce_seconds=args.coalesce_seconds)
+    options = SandboxOptions(
+        domain=args.domain, coalesce_seconds=args.coalesce_seconds, sequence_numbers=args.sequence_numbers
+    )
     if args.tenant_id:
         options.tenant_id = args.tenant_id
     if args.client_id:

@@ -170,6 +170,16 @@ class ControlApi:
             "presence": self.sandbox.presence.resource(item.id),
         }
 
+    async def redeliver(self, request: Request, body: dict[str, Any]) -> Any:
+        """Send an earlier change notification of the user again (a late Graph retry)."""
+        item = self.account(request)
+        back = body.get("back", 2)
+        if not isinstance(back, int) or isinstance(back, bool) or back < 1:
+            raise ControlError(400, "back must be a whole number from 1 (the last notification)")
+        if not self.sandbox.redeliver(item.id, back):
+            raise ControlError(404, f"no {back}. last change notification of this user to redeliver")
+        return {"userId": item.id, "redelivered": back}
+
     async def history(self, request: Request, body: dict[str, Any]) -> Any:
         item = self.account(request)
         self.sandbox.presence.refresh(item.id)
@@ -386,6 +396,7 @@ def control_routes(sandbox: GraphHost) -> list[Route]:
         r("/users/{user}/sessions/{session}", api.put_session, "PUT"),
         r("/users/{user}/sessions/{session}", api.delete_session, "DELETE"),
         r("/users/{user}/presence-history", api.history, "GET"),
+        r("/users/{user}/redeliver", api.redeliver, "POST"),
         r("/users/{user}/revoke-sessions", api.revoke_sessions, "POST"),
         r("/apps", api.list_apps, "GET"),
         r("/apps", api.create_app, "POST"),

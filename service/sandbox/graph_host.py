@@ -48,6 +48,9 @@ class SandboxOptions:
     device_code_interval: int = 5
     clock_speed: float = 1.0
     signing_key: SigningKey | None = None
+    # Microsoft documents the decrypted presence payload with id, availability and activity only;
+    # True adds the presence's sequenceNumber to it (a variant no document promises).
+    sequence_numbers: bool = False
 
 
 @dataclass
@@ -124,6 +127,8 @@ class GraphHost(Protocol):
     ) -> Account: ...
 
     def advance(self, seconds: float) -> float: ...
+
+    def redeliver(self, user_id: str, back: int) -> bool: ...
 
     def _send_lifecycle(self, item: Subscription, event: str) -> None: ...
 

@@ -98,6 +98,26 @@ async def test_a_call_longer_than_the_presence_lifetime_stays_busy(world_factory
     await world.wait_for("Anna no longer Busy in Teams after hanging up", not_busy, 30)
 
 
+async def test_a_late_redelivery_without_sequence_number_is_corrected_within_seconds(
+    world_factory: Callable[..., Any],
+) -> None:
+    # The sandbox sends Microsoft's documented payload: no sequenceNumber to order by.
+    world: DemoWorld = await world_factory(users=1)
+    anna = world.people[0]
+    await world.set_teams(anna, "Busy", "InACall")
+    await world.expect_starface(anna, True, "Im Gespräch")
+    await world.set_teams(anna, "Available", "Available")
+    await world.expect_starface(anna, False, "Verfügbar")
+    # Graph retries the delivery of the Busy notification late, after the newer one.
+    await world.graph_control("POST", f"/users/{world.entra_ids[anna.login]}/redeliver", {"back": 2})
+    started = time.monotonic()
+    await world.expect_starface(anna, True, "Im Gespräch", within=5)  # taken by arrival ...
+    await world.expect_starface(anna, False, "Verfügbar", within=5)  # ... and confirmed by a read
+    took = time.monotonic() - started
+    print(f"corrected {took:.1f} s after the late redelivery")
+    assert took < 5
+
+
 async def test_a_long_retry_after_on_set_presence_never_leaves_a_stale_busy(
     world_factory: Callable[..., Any],
 ) -> None:

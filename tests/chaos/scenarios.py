@@ -228,12 +228,13 @@ async def worker_killed(state_dir: Path, *, settle: float = 60) -> Row:
             offered += 1
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
-        for person in world.people:
-            await world.set_teams(person, *FREE[:2])
-            offered += 1
+        for final in (FREE, BUSY):  # ends unlike the start, so a lost change would show
+            for person in world.people:
+                await world.set_teams(person, *final[:2])
+                offered += 1
         second = bridge_process(world, "worker")
         started = time.monotonic()
-        expected = {p.login: (FREE[2], FREE[3]) for p in world.people}
+        expected = {p.login: (BUSY[2], BUSY[3]) for p in world.people}
         converged: float | None = None
         while time.monotonic() - started < settle:
             if not await _wrong(world, expected):

@@ -117,7 +117,8 @@ def test_rich_notification_decrypts_per_reference(
     presence = _reference_decrypt(encrypted, encryption_keypair)
     assert presence["id"] == user
     assert (presence["availability"], presence["activity"]) == ("Busy", "InACall")
-    assert presence["sequenceNumber"].isdigit()
+    # Microsoft's documented payload carries no sequenceNumber; the sandbox adds it only on request.
+    assert "sequenceNumber" not in presence
     assert "statusMessage" in presence
     # The service's decryption agrees with the reference one.
     assert json.loads(decrypt_content(encrypted, encryption_keypair.private_key)) == presence
@@ -360,3 +361,25 @@ def test_revoked_sessions_send_lifecycle(
     assert receiver.items("lifecycle")[0]["subscriptionId"] == subscription["id"]
     # The token issued before the revocation no longer reauthorizes.
     assert handle.graph("POST", f"subscriptions/{subscription['id']}/reauthorize", token).status_code == 403
+
+
+def test_the_sequence_number_variant_and_a_late_redelivery_of_an_older_notification(
+    graph_sandbox: SandboxFactory, graph_receiver: ReceiverFactory, encryption_keypair: EncryptionKeypair
+) -> None:
+    handle, receiver, (user,), token = _setup(graph_sandbox, graph_receiver, sequence_numbers=True)
+    _subscribe(handle, token, handle.subscription_body(receiver, [user], encryption_keypair))
+    handle.set_teams_presence(user, "Busy", "InACall")
+    receiver.wait_for(lambda posts: len(posts) >= 1)
+    handle.set_teams_presence(user, "Available", "Available")
+    receiver.wait_for(lambda posts: len(posts) >= 2)
+    assert handle.control("POST", f"/users/{user}/redeliver", {"back": 2})["redelivered"] == 2
+    receiver.wait_for(lambda posts: len(posts) >= 3)
+    first, second, late = (
+        _reference_decrypt(p.json()["value"][0]["encryptedContent"], encryption_keypair)
+        for p in receiver.notifications[:3]
+    )
+    assert late == first  # the very same older notification, arriving after the newer one
+    assert int(first["sequenceNumber"]) < int(second["sequenceNumber"])
+    for bad in ({"back": 0}, {"back": "2"}, {"back": 9}):
+        with pytest.raises(AssertionError, match=r" (400|404) "):
+            handle.control("POST", f"/users/{user}/redeliver", bad)

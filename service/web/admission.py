@@ -33,7 +33,6 @@ async def _answer(send: Send, status: int, error: str, extra: list[tuple[bytes, 
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"),
         *extra,
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -55,6 +54,8 @@ class Shedding:
         if self.in_flight >= self.max_in_flight and scope.get("path") not in UNSHED:
             # Counted, not logged one by one: at five times capacity that would be most of the work.
             metrics.REQUESTS_SHED.inc()
+            # The connection stays open: a client that comes back reuses it, and a new TCP and
+            # TLS handshake per shed request would cost more than the request itself.
             await _answer(send, 503, "overloaded", [(b"retry-after", b"1")])
             return
         self.in_flight += 1
@@ -98,4 +99,5 @@ class BodyDeadline:
         except _BodyTimeout:
             metrics.REQUEST_BODY_TIMEOUTS.inc()
             if not started:
-                await _answer(send, 408, "request body not received in time", [])
+                # Closed: the rest of that body may still come, and no request can follow it.
+                await _answer(send, 408, "request body not received in time", [(b"connection", b"close")])

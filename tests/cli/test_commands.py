@@ -196,7 +196,7 @@ def test_serve_configuration_errors(
         "  - PUBLIC_BASE_URL must be an https:// URL",
         "  - BRIDGE_SECRET_KEY must be at least 32 characters; generate one with "
         "python -c 'import secrets; print(secrets.token_urlsafe(32))'",
-        "  - AZURE_TENANT_ID is missing: Entra directory (tenant) id",
+        "  - AZURE_TENANT_ID is missing: Entra directory (tenant) id, a GUID",
         "  - AZURE_CLIENT_ID is missing: Application (client) id of the app registration",
         "  - LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR",
     ]

@@ -412,7 +412,24 @@ def _get_state(pbx: Pbx, user: User, params: list[Any], _: Mapping[str, str]) ->
     return pbx.user_state(user.login)
 
 
+def _call_ids(pbx: Pbx, user: User, params: list[Any], _: Mapping[str, str]) -> Any:
+    _none(params)
+    pbx.require_session(user)
+    return [c.id for c in pbx.active_calls(user.login)]
+
+
+def _call_state(pbx: Pbx, user: User, params: list[Any], _: Mapping[str, str]) -> Any:
+    call_id = _one(params, str)
+    pbx.require_session(user)
+    for call in pbx.active_calls(user.login):
+        if call.id == call_id:
+            return pbx.call_struct(call, full=True, state=call.state)
+    raise InvalidInput("callId", "no such call of this user")
+
+
 _UCI_METHODS: dict[str, Callable[[Pbx, User, list[Any], Mapping[str, str]], Any]] = {
+    "call.getCallIds": _call_ids,
+    "call.getCallState": _call_state,
     "connection.login": _login,
     "connection.keepAlive": _keep_alive,
     "connection.logout": _logout,

@@ -541,11 +541,12 @@ class Pbx:
     def ended_calls(self) -> list[Call]:
         return list(self._ended_calls)
 
-    def _events(self, call: Call, *, full: bool, state: str) -> list[CallEvent]:
-        live = self.session(call.login)
-        service = sp.call_event_service(self.namespace)
-        if live is None or live.callback is None or service not in live.subscriptions:
-            return []
+    def active_calls(self, login: str) -> list[Call]:
+        """The user's calls that have not hung up (what ``getCallIds`` answers)."""
+        return [c for c in self.calls() if c.login == login]
+
+    def call_struct(self, call: Call, *, full: bool, state: str) -> dict[str, Any]:
+        """A call as ``receiveCallState`` and ``getCallState`` carry it."""
         user = self.user(call.login)
         if call.direction == "incoming":
             caller = (call.remote_number, call.remote_name)
@@ -553,7 +554,7 @@ class Pbx:
         else:
             caller = (user.number, user.display_name)
             called = (call.remote_number, call.remote_name)
-        struct = {
+        return {
             "id": call.id,
             "state": state,
             "timestamp": int(self.clock.now() * 1000),
@@ -563,5 +564,12 @@ class Pbx:
             "calledName": called[1] if full else "",
             "groupID": call.group_id,
         }
+
+    def _events(self, call: Call, *, full: bool, state: str) -> list[CallEvent]:
+        live = self.session(call.login)
+        service = sp.call_event_service(self.namespace)
+        if live is None or live.callback is None or service not in live.subscriptions:
+            return []
+        struct = self.call_struct(call, full=full, state=state)
         method = sp.method(self.namespace, "events.call", "receiveCallState")
         return [CallEvent(call.login, live.id, live.callback, method, struct)]

@@ -13,6 +13,10 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import redis.asyncio as aioredis
+
+from service.core import keys
+
 
 class CallFormatError(Exception):
     """A call-state struct or a stored call event without the fields a call event needs."""
@@ -133,3 +137,10 @@ def _text(value: Any) -> str:
     if isinstance(value, str):
         return value
     return str(value)
+
+
+async def append_call(redis: aioredis.Redis, event: CallEvent, maxlen: int) -> str:
+    """Queue ``event`` on the call stream, whether a callback or a recovery read brought it."""
+    fields: Any = event.to_fields()
+    entry_id = await redis.xadd(keys.CALL_STREAM, fields, maxlen=maxlen, approximate=True)
+    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)

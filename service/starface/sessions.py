@@ -41,6 +41,7 @@ from service.core.secretbox import SealError, SecretBox
 from service.core.settings import Settings, reveal
 from service.core.storage import decoded
 from service.starface.callback_tokens import callback_path, register_token, token_digest
+from service.starface.calls import CallEvent, CallFormatError, append_call
 from service.starface.credentials import CredentialStore
 from service.starface.gateway import (
     CredentialsMissing,
@@ -68,6 +69,8 @@ KIND_CREDENTIALS_MISSING = "credentials_missing"
 KIND_CREDENTIALS_UNREADABLE = "credentials_unreadable"
 KIND_LOGIN_REFUSED = "login_refused"
 KIND_UNAVAILABLE = "unavailable"
+# Calls in progress read after a login; a user has a handful at most.
+MAX_RECOVERED_CALLS = 20
 
 _CLAIM = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
@@ -485,6 +488,8 @@ class SessionManager:
             self.circuit.succeeded()
             self._logins_done[login] = seen + 1
             await self._record(self._ok(login, now, previous))
+            # Calls that began while there was no session sent their events to nobody.
+            await self._recover_calls(login, client)
 
     async def _act(self, login: str, action: Callable[[UciClient], Awaitable[T]]) -> T:
         """Run ``action`` on the user's session, logging in first or again when the PBX needs it.
@@ -501,6 +506,19 @@ class SessionManager:
             raise
         self.circuit.succeeded()
         return result
+
+    async def _recover_calls(self, login: str, client: UciClient) -> None:
+        """Queue the user's calls in progress like callbacks, so a (re)login mid-call keeps the
+        user Busy in Teams without waiting for the next event.  Never fails the login."""
+        try:
+            call_ids = await client.call_ids()
+            for call_id in call_ids[:MAX_RECOVERED_CALLS]:
+                struct = await client.call_state(call_id)
+                event = CallEvent.from_call_state(login, struct, source="recovered")
+                await append_call(self.redis, event, self.settings.presence_stream_maxlen)
+        except (GatewayError, CallFormatError) as exc:
+            # A PBX without these methods, or an answer of another shape: the next callback tells.
+            log.info("calls in progress of login %s not read after login: %s", login, exc)
 
     def _account(self, exc: GatewayError) -> None:
         """Tell the circuit what a failure says about the PBX as a whole."""

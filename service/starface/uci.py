@@ -210,6 +210,17 @@ class UciClient:
     async def set_status_text(self, text: str) -> None:
         await self._expect_true("requests.userState", "setChatPresenceMessage", [text])
 
+    async def call_ids(self) -> list[str]:
+        """Ids of the user's calls in progress (``requests.call.getCallIds``)."""
+        answer = await self.call("requests.call", "getCallIds")
+        if not isinstance(answer, list):
+            raise StarfaceUnavailable("UCI requests.call.getCallIds answered no list")
+        return [str(item) for item in answer if isinstance(item, str) and item]
+
+    async def call_state(self, call_id: str) -> Any:
+        """One call as a ``receiveCallState`` struct (``requests.call.getCallState``)."""
+        return await self.call("requests.call", "getCallState", [call_id])
+
     async def user_state(self) -> UserState:
         return UserState.from_uci(self.login_id, await self.call("requests.userState", "getUserState"))
 

@@ -25,7 +25,7 @@ from service.core import keys, metrics
 from service.core.settings import Settings
 from service.starface import xmlrpc
 from service.starface.callback_tokens import PATH_PREFIX, login_for_token
-from service.starface.calls import CallEvent, CallFormatError
+from service.starface.calls import CallEvent, CallFormatError, append_call
 from service.web.body import BodyTooLarge, read_bounded
 
 log = logging.getLogger(__name__)
@@ -131,12 +131,6 @@ async def _receive(request: Request) -> Response:
         return Response(status_code=503, headers={"Retry-After": "5"})
     metrics.STARFACE_CALLBACKS.labels("accepted").inc()
     return _xml(xmlrpc.dumps_response(True))
-
-
-async def append_call(redis: aioredis.Redis, event: CallEvent, maxlen: int) -> str:
-    fields: Any = event.to_fields()
-    entry_id = await redis.xadd(keys.CALL_STREAM, fields, maxlen=maxlen, approximate=True)
-    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 
 def routes() -> list[BaseRoute]:

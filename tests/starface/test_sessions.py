@@ -16,6 +16,7 @@ from service.core import keys, metrics
 from service.core.secretbox import SecretBox
 from service.core.settings import Settings
 from service.starface import xmlrpc
+from service.starface.calls import CallEvent
 from service.starface.credentials import CredentialStore
 from service.starface.directory import DirectoryStore, select_users
 from service.starface.gateway import CredentialsMissing, LoginRefused, UnknownUser
@@ -285,13 +286,13 @@ async def test_concurrent_writes_after_a_dropped_session_log_in_once(env: Env) -
 
 async def test_the_callback_rides_on_every_request_of_a_session(env: Env) -> None:
     await env.manager.sync(["0001"], now=env.t0)
-    await env.manager.run_due(env.t0)  # login (and subscribeEvents)
+    await env.manager.run_due(env.t0)  # login, subscribeEvents, getCallIds
     await env.manager.set_dnd("0001", True)
     await env.manager.set_status_text("0001", "Im Gespräch")
     await env.manager.run_due(env.t0 + 31)  # keepAlive
     session = env.pbx.session("0001")
     assert session is not None
-    assert session["callbackRequests"] == 5
+    assert session["callbackRequests"] == 6
 
 
 async def test_with_the_setting_off_only_login_carries_the_callback(env: Env) -> None:
@@ -304,6 +305,20 @@ async def test_with_the_setting_off_only_login_carries_the_callback(env: Env) ->
     session = env.pbx.session("0001")
     assert session is not None
     assert session["callbackRequests"] == 1
+
+
+async def test_calls_in_progress_at_login_are_queued_like_callbacks(env: Env) -> None:
+    # A call is answered while the bridge has no session (a restart): its events reached nobody.
+    call_id = env.pbx.place_call("0001", wait=False)
+    env.pbx.answer(call_id, wait=False)
+    await env.manager.sync(["0001", "0002"], now=env.t0)
+    await env.manager.run_due(env.t0)
+    entries = await env.redis.xrange(keys.CALL_STREAM)
+    events = [CallEvent.from_fields({k.decode(): v.decode() for k, v in f.items()}) for _, f in entries]
+    assert [(e.login, e.call_id, e.state, e.source) for e in events] == [
+        ("0001", call_id, "CONNECTED", "recovered")
+    ]
+    assert events[0].caller_number or events[0].called_number  # with the participants
 
 
 async def test_logout_all_at_shutdown(env: Env) -> None:

@@ -7,6 +7,7 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import pytest
@@ -313,7 +314,7 @@ async def test_calls_in_progress_at_login_are_queued_like_callbacks(env: Env) ->
     env.pbx.answer(call_id, wait=False)
     await env.manager.sync(["0001", "0002"], now=env.t0)
     await env.manager.run_due(env.t0)
-    entries = await env.redis.xrange(keys.CALL_STREAM)
+    entries: Any = await env.redis.xrange(keys.CALL_STREAM)
     events = [CallEvent.from_fields({k.decode(): v.decode() for k, v in f.items()}) for _, f in entries]
     assert [(e.login, e.call_id, e.state, e.source) for e in events] == [
         ("0001", call_id, "CONNECTED", "recovered")

@@ -4,6 +4,9 @@ that building the parser, for ``--help`` or any other command, imports none of t
 from __future__ import annotations
 
 import argparse
+from typing import TypeAlias
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def positive_int(text: str) -> int:

@@ -8,7 +8,7 @@ import json
 from typing import TYPE_CHECKING
 
 from service.cli.policy import EXIT_OK, UsageError
-from service.cli.store import with_redis
+from service.cli.store import load_settings, with_redis
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -42,12 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from service.bridge.deadletters import DeadLetters, UnknownDeadLetter
-    from service.core.settings import Settings
 
     command = args.dead_letters_command
     if command != "list" and bool(args.ids) == bool(args.all):
         raise UsageError(f"dead-letters {command}: name dead-letter ids, or give --all (not both)")
-    settings = Settings.from_env(require=())
+    settings = load_settings()
 
     async def job(redis: aioredis.Redis) -> int:
         store = DeadLetters(redis)

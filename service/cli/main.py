@@ -19,11 +19,16 @@ import ssl
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING
 
-from service.cli.arguments import add_credentials_arguments, add_login_arguments, add_renew_arguments
+from service.cli.arguments import (
+    Subparsers,
+    add_credentials_arguments,
+    add_login_arguments,
+    add_renew_arguments,
+)
 from service.cli.policy import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PREFIX, CommandFailed, UsageError, say
-from service.cli.store import valkey_dir, with_redis
+from service.cli.store import load_settings, valkey_dir, with_redis
 from service.core import heartbeat
 from service.core.embedded import EmbeddedValkey, EmbeddedValkeyError, redis_url_for
 from service.core.roles import CORE, GRAPH_APP, ROLES, SettingsError, required_groups
@@ -35,20 +40,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("presence_bridge")
 
-Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
-
 
 def configure_logging(level: str) -> None:
     from service.core.logs import setup
 
     setup(level)
-
-
-def _settings(require: Sequence[str]) -> Settings:
-    # Imported here: pydantic costs a fifth of a second, which --help and `health` need not pay.
-    from service.core.settings import Settings
-
-    return Settings.from_env(require=require)
 
 
 # -- serve -------------------------------------------------------------------------------------
@@ -99,7 +95,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         except (OSError, ssl.SSLError) as exc:
             say(f"cannot use --tls-cert/--tls-key: {exc.strerror or exc}")
             return EXIT_USAGE
-    settings = _settings(required_groups(args.role))
+    settings = load_settings(required_groups(args.role))
     if args.role in ("all", "web"):
         problem = _cannot_listen(args.host, args.port)
         if problem:
@@ -241,7 +237,7 @@ def _add_login(sub: Subparsers) -> None:
 def _run_login(args: argparse.Namespace) -> int:
     from service.cli.accounts import run_login
 
-    settings = _settings([CORE])
+    settings = load_settings([CORE])
     with redis_url_for(settings.redis_url, valkey_dir(settings)) as url:
         return run_login(args, settings, redis_url=url)
 
@@ -264,7 +260,7 @@ def _run_renew(args: argparse.Namespace) -> int:
     from service.starface.directory import DirectoryStore
     from subscriptions.users import Resolution
 
-    settings = _settings([CORE, GRAPH_APP])
+    settings = load_settings([CORE, GRAPH_APP])
     with redis_url_for(settings.redis_url, valkey_dir(settings)) as url:
 
         async def emails() -> list[str]:
@@ -304,7 +300,7 @@ def _add_subscriptions(sub: Subparsers) -> None:
 def _run_subscriptions(args: argparse.Namespace) -> int:
     from service.cli.accounts import emails_from_file, serve_scheduler
 
-    settings = _settings([CORE, GRAPH_APP])
+    settings = load_settings([CORE, GRAPH_APP])
     if not Path(args.emails_file).is_file():
         say(f"--emails-file {args.emails_file} does not exist")
         return EXIT_USAGE
@@ -380,7 +376,7 @@ def _add_status(sub: Subparsers) -> None:
 def _run_status(args: argparse.Namespace) -> int:
     from service.ops import status
 
-    settings = _settings([])
+    settings = load_settings([])
     if settings.redis_url is None and not valkey_dir(settings).is_dir():
         # Starting an empty embedded Valkey here would report a bridge that does not exist.
         raise CommandFailed(
@@ -410,7 +406,7 @@ def _add_explain(sub: Subparsers) -> None:
 def _run_explain(args: argparse.Namespace) -> int:
     from service.ops.explain import UnknownPerson, explain
 
-    settings = _settings([])
+    settings = load_settings([])
 
     async def job(redis: aioredis.Redis) -> int:
         try:
@@ -500,7 +496,7 @@ def _add_starface(sub: Subparsers) -> None:
 def _run_credentials(args: argparse.Namespace) -> int:
     from service.cli import credentials
 
-    settings = _settings(())
+    settings = load_settings(())
     with redis_url_for(settings.redis_url, valkey_dir(settings)) as url:
         return credentials.run(args, redis_url=url)
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from service.bridge.mapping import LANGUAGES, MappingError, format_table, load_mapping
 from service.cli.policy import EXIT_OK, EXIT_USAGE
-from service.cli.store import with_redis
+from service.cli.store import load_settings, with_redis
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -42,7 +42,6 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_preview(args: argparse.Namespace) -> int:
-    from service.core.settings import Settings
     from service.ops.explain import preview
 
     try:
@@ -50,7 +49,7 @@ def run_preview(args: argparse.Namespace) -> int:
     except MappingError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
-    settings = Settings.from_env(require=())
+    settings = load_settings()
 
     async def job(redis: aioredis.Redis) -> int:
         for line in await preview(redis, table):

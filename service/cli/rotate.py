@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING
 
-from service.cli.arguments import positive_int
+from service.cli.arguments import Subparsers, positive_int
 from service.cli.policy import EXIT_FAILURE, EXIT_OK
-from service.cli.store import with_redis
+from service.cli.store import load_settings, with_redis
 from service.core.roles import CORE
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
-
-    from service.core.settings import Settings
-
-Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
-
-
-def _settings() -> Settings:
-    from service.core.settings import Settings
-
-    return Settings.from_env(require=[CORE])
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -70,7 +60,7 @@ def run_certificate(args: argparse.Namespace) -> int:
     from service.core.secretbox import SecretBox
     from service.graph.certificates import CertificateStore
 
-    settings = _settings()
+    settings = load_settings([CORE])
 
     async def job(redis: aioredis.Redis) -> int:
         store = CertificateStore(redis, SecretBox.from_settings(settings))
@@ -89,7 +79,7 @@ def run_secret_key(args: argparse.Namespace) -> int:
     from service.core.secretbox import SecretBox
     from service.ops.reseal import reseal
 
-    settings = _settings()
+    settings = load_settings([CORE])
     box = SecretBox.from_settings(settings)
 
     async def job(redis: aioredis.Redis) -> int:

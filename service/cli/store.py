@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +14,16 @@ if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
     from service.core.settings import Settings
+
+
+def load_settings(require: Sequence[str] = ()) -> Settings:
+    """The settings a command needs, every problem named (``SettingsError``).
+
+    pydantic is imported here, not at the top: it costs a fifth of a second that ``--help`` and
+    the ``health`` probe need not pay."""
+    from service.core.settings import Settings
+
+    return Settings.from_env(require=require)
 
 
 def valkey_dir(settings: Settings) -> Path:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -26,7 +27,7 @@ from service.bridge.confirm import Confirmer
 from service.bridge.due import Schedule
 from service.bridge.identity import link_resolved
 from service.bridge.mapping import Mapping, load_mapping
-from service.bridge.reconciler import Reconciler
+from service.bridge.reconciler import GRAPH, STARFACE, Reconciler
 from service.bridge.streams import StreamConsumer
 from service.bridge.worker import ChangeListener, PresenceWorker
 from service.core import heartbeat, keys
@@ -140,8 +141,8 @@ class Runtime:
             concurrency=settings.reconcile_concurrency,
         )
         # When the PBX answers again after an outage, everyone who waited is due at once.
-        sessions.circuit.on_close.append(self.reconciler.pbx_back)
-        teams.circuit.on_close.append(self.reconciler.graph_back)
+        sessions.circuit.on_close.append(functools.partial(self.reconciler.back, STARFACE))
+        teams.circuit.on_close.append(functools.partial(self.reconciler.back, GRAPH))
         self._spawn("graph-probe", _probe_while_open(teams, self.stop))
         if await self.reconciler.adopt_mapping():
             log.info("the mapping differs from the one the workers last used: every user is reconciled again")

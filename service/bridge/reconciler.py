@@ -52,6 +52,10 @@ from service.starface.gateway import (
 
 log = logging.getLogger(__name__)
 
+# The services a write may wait for as a whole (their circuits tell ``Reconciler.back``).
+STARFACE = "starface"
+GRAPH = "graph"
+
 # A failure that a retry in seconds cannot fix (a password, a permission) is retried slowly.
 _SLOW_RETRY_SECONDS = 600.0
 _MAX_BACKOFF_SECONDS = 300.0
@@ -75,9 +79,9 @@ class _Outcome:
     results: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     slow_retry: bool = False
-    # A write failed because the PBX or Graph as a whole did not answer (not because of this user).
-    pbx_down: bool = False
-    graph_down: bool = False
+    # The services (STARFACE, GRAPH) whose write failed because the service as a whole did not
+    # answer, not because of this user.
+    down: set[str] = field(default_factory=set)
     # Graph's Retry-After: the earliest time to come back, honoured however long and whichever attempt.
     not_before: float | None = None
     updates: dict[str, object] = field(default_factory=dict)
@@ -89,10 +93,13 @@ class _Outcome:
         self.applied_at = when
 
     def failed(self, action: str, error: Exception, now: float | None = None) -> None:
-        if isinstance(error, GraphThrottled) and now is not None:
-            self.not_before = max(self.not_before or 0.0, now + error.retry_after)
+        if isinstance(error, GraphThrottled):
+            if now is not None:
+                self.not_before = max(self.not_before or 0.0, now + error.retry_after)
         elif isinstance(error, GraphUnavailable):
-            self.graph_down = True
+            self.down.add(GRAPH)
+        elif isinstance(error, StarfaceUnavailable):
+            self.down.add(STARFACE)
         self.actions.append(action)
         self.results.append(f"failed: {error}")
         self.errors.append(f"{action}: {error}")
@@ -177,8 +184,7 @@ class Reconciler:
         # Users this process is reconciling now: their claims are extended while the work lasts.
         self.held: set[str] = set()
         # Users whose STARFACE write failed because the PBX was down: due at once when it is back.
-        self.waiting_on_pbx: set[str] = set()
-        self.waiting_on_graph: set[str] = set()
+        self.waiting: dict[str, set[str]] = {STARFACE: set(), GRAPH: set()}
         self._background: set[asyncio.Task[None]] = set()
         self.decisions = DecisionLog(redis)
         self.concurrency = concurrency
@@ -233,19 +239,11 @@ class Reconciler:
         await self.schedule.mark(due, self.clock())
         return failures
 
-    def pbx_back(self) -> None:
-        """The PBX answers again: everyone who waited for it is due now, not at their backoff."""
-        waiting = sorted(self.waiting_on_pbx)
-        self.waiting_on_pbx.clear()
-        self._due_now(waiting)
-
-    def graph_back(self) -> None:
-        """Graph answers again: everyone whose Teams write waited for it is due now."""
-        waiting = sorted(self.waiting_on_graph)
-        self.waiting_on_graph.clear()
-        self._due_now(waiting)
-
-    def _due_now(self, waiting: list[str]) -> None:
+    def back(self, service: str) -> None:
+        """``service`` (STARFACE or GRAPH) answers again: everyone who waited for it is due now,
+        not at their backoff."""
+        waiting = sorted(self.waiting[service])
+        self.waiting[service].clear()
         if not waiting:
             return
         task = asyncio.get_running_loop().create_task(self.schedule.mark(waiting, self.clock()))
@@ -360,11 +358,8 @@ class Reconciler:
         outcome = _Outcome()
         await self._apply_starface(decision, bridge, login, outcome)
         await self._apply_teams(user_id, decision, bridge, outcome)
-        for down, waiting in (
-            (outcome.pbx_down, self.waiting_on_pbx),
-            (outcome.graph_down, self.waiting_on_graph),
-        ):
-            if down:
+        for service, waiting in self.waiting.items():
+            if service in outcome.down:
                 waiting.add(user_id)
             else:
                 waiting.discard(user_id)
@@ -418,7 +413,6 @@ class Reconciler:
                 outcome.slow_retry = True
                 outcome.failed(action, result)
             elif isinstance(result, GatewayError):
-                outcome.pbx_down = outcome.pbx_down or isinstance(result, StarfaceUnavailable)
                 outcome.failed(action, result)
             elif isinstance(result, BaseException):
                 raise result

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from service.core import keys
 from service.core.settings import FIELDS
 from service.sandbox.demo import DemoWorld, Person
-from tests.chaos.scenarios import bridge_process
+from tests.chaos.scenarios import bridge_process, stop_processes
 
 pytestmark = pytest.mark.slow
 
@@ -238,13 +238,7 @@ async def test_sigkilled_worker_mid_burst_loses_nothing_and_never_flaps(
             assert changes in ([False], [False, True, False]), (person.login, history)
         assert await redis.xlen(keys.DEAD_LETTER_STREAM) == 0
     finally:
-        for process in (first, second):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+        stop_processes(first, second)
         await redis.aclose()
 
 

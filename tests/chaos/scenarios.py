@@ -102,6 +102,29 @@ async def valkey_restart(world: DemoWorld) -> Callable[[], Awaitable[None]]:
     return repair
 
 
+async def _converge(
+    wrong: Callable[[], Awaitable[list[Person]]], since: float, settle: float
+) -> tuple[float | None, int]:
+    """Seconds from ``since`` until nobody is ``wrong`` (None if not within ``settle``), and how
+    many are wrong at the end."""
+    while time.monotonic() - since < settle:
+        if not await wrong():
+            return time.monotonic() - since, 0
+        await asyncio.sleep(0.2)
+    return None, len(await wrong())
+
+
+def stop_processes(*processes: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM each process still running, SIGKILL what has not stopped 15 s later."""
+    for process in processes:
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
 async def _wrong(world: DemoWorld, expected: dict[str, tuple[bool, str]]) -> list[Person]:
     wrong = []
     for person in world.people:
@@ -132,13 +155,7 @@ async def teams_burst(
         await repair()
         repaired = time.monotonic()
         expected = {p.login: (final[2], final[3]) for p in world.people}
-        converged: float | None = None
-        while time.monotonic() - repaired < settle:
-            if not await _wrong(world, expected):
-                converged = time.monotonic() - repaired
-                break
-            await asyncio.sleep(0.2)
-        wrong = len(await _wrong(world, expected))
+        converged, wrong = await _converge(lambda: _wrong(world, expected), repaired, settle)
         dead = int(await world._redis.xlen(keys.DEAD_LETTER_STREAM))
         return Row(name, offered, wrong, converged, dead)
     finally:
@@ -185,16 +202,13 @@ async def calls_burst(
         await asyncio.sleep(fault_seconds)
         await repair()
         repaired = time.monotonic()
-        converged: float | None = None
-        wrong = list(world.people)
-        while time.monotonic() - repaired < settle:
-            wrong = [p for p in world.people if await world.teams_presence(p) != "Busy/InACall"]
-            if not wrong:
-                converged = time.monotonic() - repaired
-                break
-            await asyncio.sleep(0.2)
+
+        async def not_busy() -> list[Person]:
+            return [p for p in world.people if await world.teams_presence(p) != "Busy/InACall"]
+
+        converged, wrong = await _converge(not_busy, repaired, settle)
         dead = int(await world._redis.xlen(keys.DEAD_LETTER_STREAM))
-        return Row(name, len(world.people), len(wrong), converged, dead)
+        return Row(name, len(world.people), wrong, converged, dead)
     finally:
         await world.close()
 
@@ -235,23 +249,11 @@ async def worker_killed(state_dir: Path, *, settle: float = 60) -> Row:
         second = bridge_process(world, "worker")
         started = time.monotonic()
         expected = {p.login: (BUSY[2], BUSY[3]) for p in world.people}
-        converged: float | None = None
-        while time.monotonic() - started < settle:
-            if not await _wrong(world, expected):
-                converged = time.monotonic() - started
-                break
-            await asyncio.sleep(0.2)
-        wrong = len(await _wrong(world, expected))
+        converged, wrong = await _converge(lambda: _wrong(world, expected), started, settle)
         dead = int(await world._redis.xlen(keys.DEAD_LETTER_STREAM))
         return Row("kill -9 worker mid-burst", offered, wrong, converged, dead)
     finally:
-        for process in (first, second):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+        stop_processes(first, second)
         await world.close()
 
 

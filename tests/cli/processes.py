@@ -26,6 +26,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+import httpx
+
 from service.core.settings import FIELDS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -174,6 +176,19 @@ class CliProcess:
 
     def _alive(self) -> bool:
         return any(reader.is_alive() for reader in self._readers)
+
+    def wait_for_http(
+        self, url: str, *, headers: dict[str, str] | None = None, timeout: float = 15.0
+    ) -> None:
+        """Wait until ``GET url`` answers 200 (the process is serving); fail as ``poll_until``."""
+
+        def answers() -> bool:
+            try:
+                return httpx.get(url, headers=headers, timeout=0.5, trust_env=False).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        self.poll_until(answers, timeout=timeout, what=f"{url} answering 200")
 
     def poll_until(
         self, check: Callable[[], bool], *, timeout: float = 10.0, what: str = "condition"

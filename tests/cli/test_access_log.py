@@ -20,14 +20,7 @@ def _serve_and_ask(env: dict[str, str], cwd: Path) -> list[dict[str, Any]]:
     base = f"http://127.0.0.1:{port}"
     args = ["serve", "--role", "web", "--port", str(port), "--heartbeat-dir", str(cwd / "beats")]
     with CliProcess(args, env, cwd) as process, httpx.Client(trust_env=False, timeout=5) as http:
-
-        def up() -> bool:
-            try:
-                return http.get(f"{base}/livez", headers={"x-request-id": "probe-1"}).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        process.poll_until(up, timeout=15, what="/livez answering")
+        process.wait_for_http(f"{base}/livez", headers={"x-request-id": "probe-1"})
         assert http.post(f"{base}/graph/notifications?validationToken={VALIDATION}").status_code == 200
         assert http.post(f"{base}/starface/uci/{CALLBACK_TOKEN}", content=b"<not xml").status_code < 500
         assert http.get(f"{base}/nowhere", headers={"x-request-id": "ask-404"}).status_code == 404

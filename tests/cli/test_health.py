@@ -38,14 +38,7 @@ def test_health_follows_the_event_loop_of_a_serve_process(redis_env: dict[str, s
         CliProcess(args, env, tmp_path) as process,
         httpx.Client(trust_env=False, timeout=2) as http,
     ):
-
-        def live() -> bool:
-            try:
-                return http.get(f"{base}/livez").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        process.poll_until(live, timeout=15, what="/livez answering 200")
+        process.wait_for_http(f"{base}/livez")
         assert manager.recv(256) == b"WATCHDOG=1"
         code, text = _health("web", beats, tmp_path, redis_env)
         assert code == 0, text

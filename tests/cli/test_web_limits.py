@@ -30,14 +30,7 @@ def web(redis_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[int, int]]:
     }
     args = ["serve", "--role", "web", "--port", str(port), "--metrics-port", str(metrics_port)]
     with CliProcess([*args, "--heartbeat-dir", str(tmp_path / "beats")], env, tmp_path) as process:
-
-        def up() -> bool:
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/livez", timeout=0.5).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        process.poll_until(up, timeout=15, what="/livez answering")
+        process.wait_for_http(f"http://127.0.0.1:{port}/livez")
         yield port, metrics_port
         process.stop()
 

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 
 from service.core import keys
 from service.core.clock import Clock, SystemClock
+from service.core.settings import USER_MATCH_PROPERTIES
 from service.graph.client import (
     BatchRequest,
     GraphClient,
@@ -46,8 +47,6 @@ class Resolution:
 
 # Graph evaluates at most 15 expressions in one $filter.
 FILTER_EXPRESSIONS = 15
-# The Entra properties a STARFACE e-mail address may match, in the default order of preference.
-MATCH_PROPERTIES = ("mail", "userPrincipalName", "proxyAddresses")
 
 
 def _clause(prop: str, email: str) -> str:
@@ -89,7 +88,7 @@ class UserDirectory:
         clock: Clock | None = None,
         refresh_seconds: float = 24 * 3600,
         missing_refresh_seconds: float = 3600,
-        match_order: Sequence[str] = MATCH_PROPERTIES,
+        match_order: Sequence[str] = USER_MATCH_PROPERTIES,
     ) -> None:
         self.redis = redis
         self.graph = graph

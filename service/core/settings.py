@@ -114,8 +114,12 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
+# The Entra properties a STARFACE e-mail address may match, in the default order of preference.
+USER_MATCH_PROPERTIES = ("mail", "userPrincipalName", "proxyAddresses")
+
+
 def _match_order(value: str) -> tuple[str, ...]:
-    known = ("mail", "userPrincipalName", "proxyAddresses")
+    known = USER_MATCH_PROPERTIES
     chosen = _csv(value)
     wrong = [p for p in chosen if p not in known]
     if not chosen or wrong or len(set(chosen)) != len(chosen):
@@ -307,7 +311,7 @@ class Settings(BaseSettings):
         600, "STARFACE_DIRECTORY_REFRESH_SECONDS", "How often the STARFACE user directory is re-read"
     )
     user_match_order: Annotated[tuple[str, ...], BeforeValidator(_match_order)] = _setting(
-        ("mail", "userPrincipalName", "proxyAddresses"),
+        USER_MATCH_PROPERTIES,
         "USER_MATCH_ORDER",
         "Entra properties a STARFACE e-mail is matched against, first match wins",
     )

@@ -156,9 +156,6 @@ class GraphClient:
 
     def http(self) -> aiohttp.ClientSession:
         """The client's keep-alive HTTP session (made on first use)."""
-        return self._http()
-
-    def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self.ssl_context if self.ssl_context else True),
@@ -192,7 +189,7 @@ class GraphClient:
                 await self.limiter.acquire()
             started = time.monotonic()
             try:
-                async with self._http().request(method, url, headers=headers, json=body) as response:
+                async with self.http().request(method, url, headers=headers, json=body) as response:
                     text = await response.text()
                     status = response.status
                     response_headers = dict(response.headers)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 from service.core import keys
+from service.core.settings import USER_MATCH_PROPERTIES
 from service.graph.client import BATCH_LIMIT
-from subscriptions.users import FILTER_EXPRESSIONS, MATCH_PROPERTIES, UserDirectory
+from subscriptions.users import FILTER_EXPRESSIONS, UserDirectory
 from tests.fixtures.subscription_world import WorldFactory
 
 
@@ -45,7 +46,7 @@ async def test_failed_lookups_are_unresolved_not_missing(subscription_world: Wor
 
 
 def test_one_batch_covers_a_hundred_addresses_with_three_properties_each() -> None:
-    per_request = FILTER_EXPRESSIONS // len(MATCH_PROPERTIES)
+    per_request = FILTER_EXPRESSIONS // len(USER_MATCH_PROPERTIES)
     assert per_request * BATCH_LIMIT == 100
 
 

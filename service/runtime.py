@@ -26,7 +26,8 @@ import redis.asyncio as aioredis
 from service.bridge.confirm import Confirmer
 from service.bridge.due import Schedule
 from service.bridge.identity import link_resolved
-from service.bridge.mapping import Mapping, load_mapping
+from service.bridge.mapping import Mapping, load_mapping, to_toml
+from service.bridge.mapping_store import MappingFollower, MappingStore
 from service.bridge.reconciler import GRAPH, STARFACE, Reconciler
 from service.bridge.streams import StreamConsumer
 from service.bridge.worker import ChangeListener, PresenceWorker
@@ -144,8 +145,7 @@ class Runtime:
         sessions.circuit.on_close.append(functools.partial(self.reconciler.back, STARFACE))
         teams.circuit.on_close.append(functools.partial(self.reconciler.back, GRAPH))
         self._spawn("graph-probe", _probe_while_open(teams, self.stop))
-        if await self.reconciler.adopt_mapping():
-            log.info("the mapping differs from the one the workers last used: every user is reconciled again")
+        await self._follow_mapping(redis, mapping)
         listeners: list[ChangeListener] = [self.reconciler.on_presence]
         if settings.presence_confirm_seconds > 0:
             # Changes without sequenceNumber are confirmed by a read, so a late retry of an old
@@ -179,6 +179,27 @@ class Runtime:
         log.info(
             "worker %s: presence, call events, reconciler and UCI sessions running", worker.consumer.name
         )
+
+    async def _follow_mapping(self, redis: aioredis.Redis, starting: Mapping) -> None:
+        """Apply the saved mapping version now and every later one within a second, no restart."""
+        store = MappingStore(redis)
+        if self.settings.mapping_file and self.mapping is None:
+            text = await asyncio.to_thread(Path(self.settings.mapping_file).read_text, encoding="utf-8")
+        else:
+            text = to_toml(starting)
+        version = await store.seed(text, source=starting.source)
+        reconciler = self.reconciler
+        assert reconciler is not None
+
+        async def apply(mapping: Mapping) -> None:
+            reconciler.mapping = mapping
+            if await reconciler.adopt_mapping():
+                log.info("the mapping changed (%s): every user is reconciled again", mapping.source)
+
+        follower = MappingFollower(store, apply)
+        await follower.poll()
+        log.info("applying mapping version %s (%s)", follower.applied, version.who)
+        self._spawn("mapping", follower.run(self.stop))
 
     async def _heartbeat(self, redis: aioredis.Redis, name: str) -> None:
         while not self.stop.is_set():

@@ -503,3 +503,40 @@ def format_table(mapping: Mapping) -> str:
             if override.rows:
                 lines += _row_lines(override.rows, "     ")
     return "\n".join(lines)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return _quote(str(value))
+
+
+def _toml_rows(rows: MappingProxyType[str, Row] | dict[str, Row], header: str) -> list[str]:
+    lines = [f"[{header}]"]
+    for key in sorted(rows, key=_row_order):
+        row = rows[key]
+        lines.append(f"{_quote(key)} = {{ dnd = {_toml_value(row.dnd)}, text = {_quote(row.text)} }}")
+    return lines
+
+
+def to_toml(mapping: Mapping) -> str:
+    """The mapping as a self-contained TOML file (every switch and row written out), such that
+    ``parse_mapping(to_toml(m))`` maps every user as ``m`` does; ``mapping export`` prints it."""
+    switches = mapping.base.switches
+    lines = [f"# presence-bridge mapping, from {mapping.source}", "", "[switches]"]
+    for spec in dataclasses.fields(Switches):
+        lines.append(f"{spec.name} = {_toml_value(getattr(switches, spec.name))}")
+    lines += ["", *_toml_rows(mapping.base.rows, "rows")]
+    for override in mapping.groups:
+        section = f"groups.{_quote(override.name)}"
+        if override.switches:
+            lines += ["", f"[{section}.switches]"]
+            values = override.table.switches
+            lines += [f"{name} = {_toml_value(getattr(values, name))}" for name in override.switches]
+        if override.rows:
+            lines += ["", *_toml_rows(override.rows, f"{section}.rows")]
+        if not override.switches and not override.rows:
+            lines += ["", f"[{section}]"]
+    return "\n".join(lines) + "\n"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import random
@@ -258,7 +259,9 @@ class Reconciler:
         """Record the mapping this process applies; if the bridge last ran with another one, every
         linked user is reconciled once more, so a changed mapping reaches users without waiting
         for their next Teams change.  Returns whether the mapping changed."""
-        digest = hashlib.sha256(format_table(self.mapping).encode("utf-8")).hexdigest()
+        # Where the mapping came from is left out: the same table saved again is no change.
+        unnamed = dataclasses.replace(self.mapping, source="")
+        digest = hashlib.sha256(format_table(unnamed).encode("utf-8")).hexdigest()
         previous = await self.redis.set(keys.MAPPING_DIGEST, digest, get=True)
         if previous is not None and decoded(previous) == digest:
             return False

@@ -107,6 +107,12 @@ IDENTITY_LOGIN_BY_USER = f"{PREFIX}:{{pb}}:identity:login-by-user"
 # String: SHA-256 of the mapping the workers last started with; a different one re-reconciles everyone.
 MAPPING_DIGEST = f"{PREFIX}:{{pb}}:reconcile:mapping-digest"
 IDENTITY_USER_BY_LOGIN = f"{PREFIX}:{{pb}}:identity:user-by-login"
+# hash: version number -> JSON {toml, who, at, note}: every mapping ever saved (console, MAPPING_FILE)
+MAPPING_VERSIONS = f"{PREFIX}:{{pb}}:mapping:versions"
+# string: the version number workers apply; they poll it and switch without a restart
+MAPPING_CURRENT = f"{PREFIX}:{{pb}}:mapping:current"
+# string: SHA-256 of the MAPPING_FILE text last stored as a version (a changed file is a new version)
+MAPPING_FILE_DIGEST = f"{PREFIX}:{{pb}}:mapping:file-digest"
 CALL_GROUP = "reconcilers"
 
 
@@ -128,6 +134,26 @@ def user_bridge(user_id: str) -> str:
 def user_decisions(user_id: str) -> str:
     """List: the user's last decisions, newest first, as JSON."""
     return f"{PREFIX}:{{u:{user_id}}}:decisions"
+
+
+# -- admin console --------------------------------------------------------------------------------
+# stream: who changed what in the console (before -> after), capped
+CONSOLE_AUDIT = f"{PREFIX}:{{pb}}:console:audit"
+
+
+def console_session(session_id_digest: str) -> str:
+    """Hash with TTL: one signed-in console session (who, how, CSRF token); the TTL is the idle timeout."""
+    return f"{PREFIX}:{{pb}}:console:session:{session_id_digest}"
+
+
+def console_sign_in(state: str) -> str:
+    """String with TTL: a sealed MSAL auth code flow (PKCE verifier, nonce) between redirect and callback."""
+    return f"{PREFIX}:{{pb}}:console:sign-in:{state}"
+
+
+def console_device_flow(account: str) -> str:
+    """String with TTL: JSON of a device code sign-in started from the console (code, link, outcome)."""
+    return f"{PREFIX}:{{pb}}:console:device-flow:{account.lower()}"
 
 
 # zset: worker process name -> last heartbeat; the last live worker to stop logs UCI sessions out

@@ -127,6 +127,24 @@ def _match_order(value: str) -> tuple[str, ...]:
     return chosen
 
 
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise ValueError("must be a port number from 1 to 65535") from None
+    if not 1 <= port <= 65535:
+        raise ValueError("must be a port number from 1 to 65535")
+    return port
+
+
+def _password_hash(value: str) -> str:
+    # Imported here: the hash format is owned by the console, and only a set value needs it.
+    from service.core.passwords import check_format
+
+    check_format(value)
+    return value
+
+
 def _existing_file(value: str) -> str:
     if not Path(value).is_file():
         raise ValueError(f"file {value!r} does not exist")
@@ -351,6 +369,47 @@ class Settings(BaseSettings):
         "TOML mapping of Teams states to STARFACE DND and status text; unset = built-in default",
     )
 
+    console_port: Annotated[int | None, BeforeValidator(_port)] = _setting(
+        None,
+        "CONSOLE_PORT",
+        "Port of the admin console, served by `serve` beside (never on) the public port; unset = off",
+    )
+    console_host: str = _setting(
+        "127.0.0.1", "CONSOLE_HOST", "Address the admin console listens on; loopback unless you proxy it"
+    )
+    console_base_url: Annotated[str | None, BeforeValidator(_http_url)] = _setting(
+        None,
+        "CONSOLE_BASE_URL",
+        "URL operators open the console at; <it>/auth/callback is the Entra redirect URI "
+        "(default http://<CONSOLE_HOST>:<CONSOLE_PORT>)",
+    )
+    console_role: str = _setting(
+        "PresenceBridge.Admin",
+        "CONSOLE_ROLE",
+        "App role (roles claim) that lets a Microsoft sign-in use the console",
+    )
+    console_group: str | None = _setting(
+        None,
+        "CONSOLE_GROUP",
+        "Entra group object id whose members may use the console too (groups claim)",
+    )
+    console_admin_user: str | None = _setting(
+        None, "CONSOLE_ADMIN_USER", "Local break-glass console user, for when Entra is unreachable"
+    )
+    console_admin_password_hash: Annotated[SecretStr | None, BeforeValidator(_password_hash)] = _setting(
+        None,
+        "CONSOLE_ADMIN_PASSWORD_HASH",
+        "scrypt hash of the break-glass password: `presence-bridge console hash-password` prints it",
+    )
+    console_idle_minutes: Annotated[int, BeforeValidator(_positive_int)] = _setting(
+        30, "CONSOLE_IDLE_MINUTES", "A console session ends after this many minutes without a request"
+    )
+    console_enrolment: Annotated[bool, BeforeValidator(_bool)] = _setting(
+        False,
+        "CONSOLE_ENROLMENT",
+        "Let employees store their own STARFACE password at <console>/enrol after a Microsoft sign-in",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -394,6 +453,7 @@ class Settings(BaseSettings):
             and not given.get("STARFACE_OAUTH_CLIENT_SECRET")
         ):
             problems.append("STARFACE_OAUTH_CLIENT_SECRET is missing: needed when STARFACE_AUTH=oauth")
+        problems.extend(_console_problems(given))
         settings: Settings | None = None
         try:
             settings = cls.model_validate(given)
@@ -444,6 +504,21 @@ def _given(values: Mapping[str, str], problems: list[str]) -> tuple[dict[str, st
         if direct:
             given[spec.env] = direct
     return given, told
+
+
+def _console_problems(given: Mapping[str, str]) -> list[str]:
+    """A console nobody can sign in to, or half a break-glass account, is refused at start."""
+    problems: list[str] = []
+    user = "CONSOLE_ADMIN_USER" in given
+    hashed = "CONSOLE_ADMIN_PASSWORD_HASH" in given
+    if user != hashed:
+        problems.append("CONSOLE_ADMIN_USER and CONSOLE_ADMIN_PASSWORD_HASH go together: set both or neither")
+    if "CONSOLE_PORT" in given and not (user and hashed) and "AZURE_CLIENT_SECRET" not in given:
+        problems.append(
+            "CONSOLE_PORT is set but nobody can sign in: set AZURE_CLIENT_SECRET (Microsoft sign-in) "
+            "or CONSOLE_ADMIN_USER and CONSOLE_ADMIN_PASSWORD_HASH (break-glass account)"
+        )
+    return problems
 
 
 def _schema_order(problem: str) -> int:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from service.sandbox.clock import Clock
+from service.sandbox.entra_codes import AuthorizationCodes, AuthorizationRequest
 from service.sandbox.entra_model import (
     APPLICATION_PERMISSIONS,
     DELEGATED_PERMISSIONS,
@@ -98,6 +99,7 @@ class EntraTenant:
         self.revoked_consent: set[tuple[str, str | None]] = set()
         self._refresh: dict[str, RefreshGrant] = {}
         self._devices: dict[str, DeviceAuthorization] = {}
+        self.codes = AuthorizationCodes(clock)
         # Subscribers to "this user's (or app's) authorization was withdrawn".
         self.revocation_listeners: list[Callable[[str | None, str | None], None]] = []
 
@@ -290,12 +292,47 @@ class EntraTenant:
             return self._device_code(app, form)
         if grant_type == "refresh_token":
             return self._refresh_token(app, form)
+        if grant_type == "authorization_code":
+            return self._authorization_code(app, form, confidential=confidential)
         raise OAuthError(
             400,
             "unsupported_grant_type",
             70003,
             f"The app requested an unsupported grant type '{grant_type}'.",
         )
+
+    def authorization_request(self, params: dict[str, str]) -> AuthorizationRequest:
+        """Check an ``/authorize`` request; raises ``OAuthError`` where Entra shows an error page."""
+        return self.codes.check_request(self._client(params.get("client_id", "")), params)
+
+    def sign_in_for_code(self, request: AuthorizationRequest, username: str, password: str) -> str | None:
+        """The sign-in page's answer: a code for the redirect, or ``None`` for a failed sign-in."""
+        account = self.find_account(username)
+        if account is None or account.password is None:
+            return None
+        if not hmac.compare_digest(account.password.encode(), password.encode()):
+            return None
+        return self.codes.issue(request, account.id)
+
+    def _authorization_code(
+        self, app: AppRegistration, form: dict[str, str], *, confidential: bool
+    ) -> dict[str, Any]:
+        if not confidential:
+            # The bridge registers a web redirect URI: Entra then requires the client's secret.
+            raise OAuthError(
+                401,
+                "invalid_client",
+                7000218,
+                "The request body must contain the following parameter: 'client_assertion' or "
+                "'client_secret'.",
+            )
+        issued = self.codes.redeem(app, form)
+        account = self.accounts.get(issued.user_id)
+        if account is None:
+            raise OAuthError(400, "invalid_grant", 50034, "The user account does not exist in the directory.")
+        request = self._parse_scopes(issued.request.scope.split())
+        extra = {"nonce": issued.request.nonce, "client_info": form.get("client_info", "")}
+        return self._user_tokens(app, account, request, extra, mfa_done=False)
 
     def device_authorization(self, form: dict[str, str], base_url: str) -> dict[str, Any]:
         app = self._client(form.get("client_id", ""))

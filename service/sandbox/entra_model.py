@@ -100,6 +100,8 @@ class AppRegistration:
     delegated_permissions: set[str] = field(default_factory=set)
     public_client: bool = True
     service_principal_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    # Web redirect URIs for the authorization code flow (the bridge's console sign-in).
+    redirect_uris: set[str] = field(default_factory=set)
 
     def public(self) -> dict[str, Any]:
         return {
@@ -128,6 +130,10 @@ class Account:
     mfa_required: bool = False
     # Like Entra's refreshTokensValidFromDateTime: refresh tokens issued before it are revoked.
     tokens_valid_from: float = 0.0
+    # App roles assigned to the user (the id token's ``roles`` claim) and group object ids (the
+    # ``groups`` claim, present when the app registration asks for group claims).
+    app_roles: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
 
     def graph_json(self) -> dict[str, Any]:
         return {

@@ -7,10 +7,10 @@ import hmac
 import html
 import uuid
 from collections.abc import Callable
-from urllib.parse import parse_qsl, unquote_plus
+from urllib.parse import parse_qsl, unquote_plus, urlencode
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from service.sandbox.entra import EntraTenant
@@ -125,7 +125,36 @@ def entra_routes(tenant: EntraTenant, base_url: Callable[[], str]) -> list[Route
                     message = "That code is unknown or expired."
         return HTMLResponse(_DEVICE_PAGE.format(message=html.escape(message)))
 
+    async def authorize(request: Request) -> Response:
+        # GET shows the sign-in page for a checked request; POST signs in and redirects with a code.
+        segment = request.path_params["tenant"]
+        if not tenant.knows_tenant(segment):
+            return unknown_tenant(segment)
+        if request.method == "GET":
+            params = dict(request.query_params)
+        else:
+            params = _form(await read_bounded(request, TOKEN_BODY_LIMIT))
+        try:
+            checked = tenant.authorization_request(params)
+        except OAuthError as exc:
+            # Entra shows an error page instead of redirecting to an unchecked redirect_uri.
+            return HTMLResponse(_ERROR_PAGE.format(message=html.escape(str(exc))), exc.status)
+        message = ""
+        if request.method == "POST":
+            code = tenant.sign_in_for_code(checked, params.get("username", ""), params.get("password", ""))
+            if code is not None:
+                query = urlencode({"code": code, "state": checked.state, "session_state": str(uuid.uuid4())})
+                return RedirectResponse(f"{checked.redirect_uri}?{query}", status_code=302)
+            message = "Sign-in failed: unknown user or wrong password."
+        hidden = "".join(
+            f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+            for k, v in params.items()
+            if k not in ("username", "password")
+        )
+        return HTMLResponse(_SIGN_IN_PAGE.format(message=html.escape(message), hidden=hidden))
+
     return [
+        Route("/{tenant}/oauth2/v2.0/authorize", authorize, methods=["GET", "POST"]),
         Route("/{tenant}/v2.0/.well-known/openid-configuration", metadata_v2),
         Route("/{tenant}/.well-known/openid-configuration", metadata_v1),
         Route("/{tenant}/discovery/v2.0/keys", keys),
@@ -144,4 +173,18 @@ _DEVICE_PAGE = """<!doctype html>
 <label>User <input name="username"></label><br>
 <label>Password <input name="password" type="password"></label><br>
 <button type="submit">Sign in</button></form></body></html>
+"""
+
+_SIGN_IN_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Sandbox sign-in</title></head>
+<body><h1>Sign in</h1><p id="message">{message}</p>
+<form method="post">{hidden}
+<label>User <input name="username" autocomplete="username"></label><br>
+<label>Password <input name="password" type="password" autocomplete="current-password"></label><br>
+<button type="submit">Sign in</button></form></body></html>
+"""
+
+_ERROR_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Sandbox sign-in error</title></head>
+<body><h1>Sorry, but we're having trouble signing you in.</h1><p>{message}</p></body></html>
 """

@@ -105,6 +105,10 @@ class TenantSigning:
         }
         if form.get("nonce"):
             claims["nonce"] = form["nonce"]
+        if account.app_roles:
+            claims["roles"] = list(account.app_roles)
+        if account.groups:
+            claims["groups"] = list(account.groups)
         return claims
 
     def verify(self, token: str, *, known_app: Callable[[str], bool], leeway: float = 300) -> AccessContext:

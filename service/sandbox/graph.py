@@ -96,6 +96,8 @@ class GraphSandbox:
                 client_secret=self.options.client_secret,
                 application_permissions={"Presence.ReadWrite.All", "Presence.Read.All", "User.Read.All"},
                 delegated_permissions={"Presence.Read.All", "User.Read"},
+                # The console's sign-in (loopback: any port, as Entra allows for http://localhost).
+                redirect_uris={"http://127.0.0.1/auth/callback", "http://localhost/auth/callback"},
             )
         )
         self.entra.revocation_listeners.append(self._authorization_revoked)
@@ -127,6 +129,8 @@ class GraphSandbox:
         password: str | None = None,
         mfa_required: bool = False,
         proxy_addresses: tuple[str, ...] = (),
+        app_roles: tuple[str, ...] = (),
+        groups: tuple[str, ...] = (),
     ) -> Account:
         """Create a directory user; with a password it can sign in (a service account).
 
@@ -146,6 +150,8 @@ class GraphSandbox:
             surname=surname or None,
             password=password,
             mfa_required=mfa_required,
+            app_roles=tuple(app_roles),
+            groups=tuple(groups),
         )
         self.entra.add_account(account)
         self.presence.user(account.id)

@@ -116,6 +116,8 @@ class ControlApi:
             password=body.get("password"),
             mfa_required=bool(body.get("mfaRequired", False)),
             proxy_addresses=tuple(_strings(body.get("proxyAddresses", []), "proxyAddresses")),
+            app_roles=tuple(_strings(body.get("appRoles", []), "appRoles")),
+            groups=tuple(_strings(body.get("groups", []), "groups")),
         )
         return self.user_json(created)
 

@@ -124,6 +124,8 @@ class GraphHost(Protocol):
         password: str | None = None,
         mfa_required: bool = False,
         proxy_addresses: tuple[str, ...] = (),
+        app_roles: tuple[str, ...] = (),
+        groups: tuple[str, ...] = (),
     ) -> Account: ...
 
     def advance(self, seconds: float) -> float: ...

@@ -76,6 +76,7 @@ class Runtime:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     reconciler: Reconciler | None = None
     server: AppServer | None = None
+    console: AppServer | None = None
     _closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -87,6 +88,8 @@ class Runtime:
         self._spawn("heartbeat", heartbeat.run(self.heartbeat_dir, roles, self.stop))
         if self.role in ("all", "web"):
             self._start_web()
+            if self.settings.console_port:
+                self._start_console()
         if self.role in ("all", "worker", "scheduler"):
             redis = connect_worker(self.redis_url)
             self._closers.append(redis.aclose)
@@ -110,6 +113,22 @@ class Runtime:
             timeout_keep_alive=self.settings.web_keepalive_seconds,
         )
         self._spawn("web", self.server.serve())
+
+    def _start_console(self) -> None:
+        from service.console.app import console_base_url, create_console_app
+
+        port = self.settings.console_port
+        assert port is not None
+        self.console = AppServer(
+            create_console_app(self.settings, self.redis_url),
+            host=self.settings.console_host,
+            port=port,
+            log_level=self.settings.log_level.lower(),
+            header_seconds=float(self.settings.web_header_timeout_seconds),
+            timeout_keep_alive=self.settings.web_keepalive_seconds,
+        )
+        self._spawn("console", self.console.serve())
+        log.info("admin console at %s", console_base_url(self.settings))
 
     async def _start_worker(self, redis: aioredis.Redis, http: aiohttp.ClientSession) -> None:
         settings = self.settings
@@ -263,8 +282,9 @@ class Runtime:
 
     async def close(self) -> None:
         self.stop.set()
-        if self.server is not None:
-            self.server.request_stop()
+        for server in (self.server, self.console):
+            if server is not None:
+                server.request_stop()
         for task in self._tasks:
             try:
                 await asyncio.wait_for(asyncio.shield(task), timeout=15)

@@ -26,6 +26,7 @@ from service.cli.arguments import (
     add_credentials_arguments,
     add_login_arguments,
     add_renew_arguments,
+    positive_int,
 )
 from service.cli.policy import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PREFIX, CommandFailed, UsageError, say
 from service.cli.store import load_settings, valkey_dir, with_redis
@@ -101,6 +102,16 @@ def _run_serve(args: argparse.Namespace) -> int:
         if problem:
             say(f"cannot listen on {args.host}:{args.port}: {problem}")
             return EXIT_FAILURE
+        console = settings.console_port
+        if console is not None:
+            # The console must never share the public port: the webhook port faces the internet.
+            if console == args.port:
+                say(f"CONSOLE_PORT {console} is the public --port: give the console a port of its own")
+                return EXIT_USAGE
+            problem = _cannot_listen(settings.console_host, console)
+            if problem:
+                say(f"cannot listen on {settings.console_host}:{console} (CONSOLE_PORT): {problem}")
+                return EXIT_FAILURE
     configure_logging(settings.log_level)
     embedded: EmbeddedValkey | None = None
     redis_url = settings.redis_url
@@ -469,6 +480,40 @@ def _add_mapping(sub: Subparsers) -> None:
     )
     mapping.add_check_arguments(preview)
     preview.set_defaults(handler=mapping.run_preview)
+    export = actions.add_parser(
+        "export",
+        help="write the mapping version the workers apply (or --version N) as TOML",
+        description=(
+            "Print the current mapping version from Redis as a self-contained TOML file (every switch "
+            "and row written out), fit for MAPPING_FILE or `mapping check`."
+        ),
+    )
+    export.add_argument("--version", type=positive_int, help="an earlier version (see the console's history)")
+    export.add_argument("-o", "--output", type=Path, help="write to this file instead of standard output")
+    export.set_defaults(handler=mapping.run_export)
+
+
+def _add_console(sub: Subparsers) -> None:
+    from service.cli import console
+
+    parser = sub.add_parser(
+        "console",
+        help="admin console helpers (the console itself runs in serve when CONSOLE_PORT is set)",
+        description="Helpers for the admin console that `serve` runs on CONSOLE_PORT.",
+    )
+    actions = parser.add_subparsers(dest="console_command", required=True, metavar="ACTION")
+    hashing = actions.add_parser(
+        "hash-password",
+        help="print the scrypt hash of a break-glass password for CONSOLE_ADMIN_PASSWORD_HASH",
+        description=(
+            "Ask for a password twice (or read one line from stdin) and print its scrypt hash. Put the "
+            "hash in CONSOLE_ADMIN_PASSWORD_HASH and the user name in CONSOLE_ADMIN_USER."
+        ),
+    )
+    hashing.add_argument(
+        "--password-stdin", action="store_true", help="read the password from the first line of stdin"
+    )
+    hashing.set_defaults(handler=console.run_hash_password)
 
 
 # -- STARFACE credentials ----------------------------------------------------------------------
@@ -561,6 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dead_letters(sub)
     _add_rotate(sub)
     _add_mapping(sub)
+    _add_console(sub)
     _add_starface(sub)
     return parser
 

@@ -57,3 +57,28 @@ def run_preview(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return with_redis(settings, job)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from service.bridge.mapping_store import MappingStore, UnknownVersion
+
+    settings = load_settings()
+
+    async def job(redis: aioredis.Redis) -> int:
+        store = MappingStore(redis)
+        try:
+            version = await store.get(args.version) if args.version else await store.current()
+        except UnknownVersion as exc:
+            print(f"presence-bridge: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        if version is None:
+            print("presence-bridge: no mapping version is stored yet: start a worker once", file=sys.stderr)
+            return EXIT_USAGE
+        if args.output is None:
+            sys.stdout.write(version.toml)
+        else:
+            args.output.write_text(version.toml, encoding="utf-8")
+            print(f"mapping version {version.number} written to {args.output}", file=sys.stderr)
+        return EXIT_OK
+
+    return with_redis(settings, job)

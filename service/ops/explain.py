@@ -91,11 +91,20 @@ def _session(presence: object, cleared_at: float | None, expires_at: float | Non
     return f"{presence}, expires in {(expires_at or now) - now:.0f}s"
 
 
-async def preview(redis: aioredis.Redis, mapping: Mapping, *, now: float | None = None) -> list[str]:
+@dataclass(frozen=True)
+class PreviewRow:
+    login: str
+    teams: str
+    changes: tuple[str, ...]
+
+
+async def preview_changes(
+    redis: aioredis.Redis, mapping: Mapping, *, now: float | None = None
+) -> list[PreviewRow]:
     """What the mapping would change for every linked user now, without applying anything."""
     now = time.time() if now is None else now
     directory = DirectoryStore(redis)
-    lines = []
+    rows = []
     links = await IdentityStore(redis).all()
     for user_id, login in sorted(links.items(), key=lambda item: item[1]):
         inputs = await gather_inputs(redis, user_id, now, groups=directory.groups, prune=False)
@@ -111,6 +120,15 @@ async def preview(redis: aioredis.Redis, mapping: Mapping, *, now: float | None 
         target = decision.teams.presence
         if (target is None) != (active is None) or (target and active and not target.same_as(active)):
             changes.append(f"Teams session {active or 'none'} -> {target or 'none'}")
-        teams = inputs.user.teams or "unknown"
-        lines.append(f"{login:>8}  Teams {teams}: " + ("; ".join(changes) if changes else "no change"))
+        rows.append(PreviewRow(login, str(inputs.user.teams or "unknown"), tuple(changes)))
+    return rows
+
+
+async def preview(redis: aioredis.Redis, mapping: Mapping, *, now: float | None = None) -> list[str]:
+    """``mapping preview``'s lines: one per linked user."""
+    rows = await preview_changes(redis, mapping, now=now)
+    lines = [
+        f"{row.login:>8}  Teams {row.teams}: " + ("; ".join(row.changes) if row.changes else "no change")
+        for row in rows
+    ]
     return lines or ["no bridged users yet (the scheduler links STARFACE logins to Teams users)"]

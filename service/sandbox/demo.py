@@ -42,6 +42,8 @@ from service.web.server import ServerThread
 from subscriptions.tokens import Tokens
 
 SERVICE_ACCOUNT = "presence-sync@demo.example"
+# Signs in to the admin console with Microsoft: the sandbox gives it the console's app role.
+CONSOLE_ADMIN = "admin@demo.example"
 ADMIN_LOGIN = "0000"
 
 
@@ -85,6 +87,8 @@ class DemoWorld:
     graph_clock: bool = False
     # Roles run in this process; a test may run the others as real subprocesses.
     roles: tuple[str, ...] = ("all",)
+    # Serve the admin console too (CONSOLE_PORT on loopback, enrolment on).
+    console: bool = False
     redis_url: str | None = None
     people: list[Person] = field(default_factory=list)
     entra_ids: dict[str, str] = field(default_factory=dict)
@@ -153,6 +157,7 @@ class DemoWorld:
             "STARFACE_DIRECTORY_REFRESH_SECONDS": "5",
             "WORKER_CLAIM_IDLE_MS": "5000",
             "LOG_LEVEL": "WARNING",
+            **({"CONSOLE_PORT": str(free_port()), "CONSOLE_ENROLMENT": "true"} if self.console else {}),
             **self.settings_overrides,
         }
         self.settings = Settings.from_env(env, env_file=None)
@@ -211,15 +216,23 @@ class DemoWorld:
         if self._valkey is not None:
             self._valkey.stop()
 
+    def password(self, who: str) -> str:
+        """The sandbox password of a demo account (the admin, a person, the service account)."""
+        return self._password(who)
+
     def _password(self, who: str) -> str:
-        # Stable per demo run, never printed; the sandboxes keep theirs in their state dirs.
+        # Stable per demo run; --keep-running prints the two a person needs to try the console.
         return f"demo-{who}-{id(self) % 100000}"
 
     async def _seed(self) -> None:
         for person in self.people:
-            user = await self.graph_control(
-                "POST", "/users", {"displayName": f"{person.first} {person.last}", "mail": person.email}
-            )
+            # With a password, each person can sign in at the console's /enrol.
+            body = {
+                "displayName": f"{person.first} {person.last}",
+                "mail": person.email,
+                "password": self._password(person.email),
+            }
+            user = await self.graph_control("POST", "/users", body)
             self.entra_ids[person.login] = user["id"]
             # Each person has a Teams desktop client that is Available.
             await self.set_teams(person, "Available", "Available")
@@ -230,6 +243,16 @@ class DemoWorld:
                 "displayName": "Presence sync",
                 "userPrincipalName": SERVICE_ACCOUNT,
                 "password": self._password(SERVICE_ACCOUNT),
+            },
+        )
+        await self.graph_control(
+            "POST",
+            "/users",
+            {
+                "displayName": "Console Admin",
+                "userPrincipalName": CONSOLE_ADMIN,
+                "password": self._password(CONSOLE_ADMIN),
+                "appRoles": ["PresenceBridge.Admin"],
             },
         )
         await self.starface_control(
@@ -428,7 +451,7 @@ def run_demo(args: argparse.Namespace) -> int:
     state_dir: Path = args.state_dir
     if state_dir.exists():
         shutil.rmtree(state_dir)
-    world = DemoWorld(state_dir, users=args.users)
+    world = DemoWorld(state_dir, users=args.users, console=args.keep_running)
 
     def say(text: str) -> None:
         print(text, flush=True)
@@ -455,6 +478,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 async def _keep_running(world: DemoWorld, say: Callable[[str], None]) -> None:
+    from service.console.app import console_base_url
+
     assert world.graph is not None
     assert world.graph_server is not None
     assert world.starface is not None
@@ -468,6 +493,10 @@ async def _keep_running(world: DemoWorld, say: Callable[[str], None]) -> None:
         f"  STARFACE sandbox  {world.starface.control_url}/control\n"
         f"                    token file {world.starface.control_token_file}\n"
         f"  CA bundle         {world.settings.extra_ca_file}\n"
+        f"  admin console     {console_base_url(world.settings)}  sign in with Microsoft as "
+        f"{CONSOLE_ADMIN}, password {world.password(CONSOLE_ADMIN)}\n"
+        f"                    (employees enrol at {console_base_url(world.settings)}/enrol, e.g. "
+        f"{world.people[0].email}, password {world.password(world.people[0].email)})\n"
         "  users            "
         + ", ".join(
             f"{p.first} {p.login} <{p.email}> Teams id {world.entra_ids[p.login]}" for p in world.people

@@ -33,6 +33,7 @@ class AuthorizationRequest:
     nonce: str
     code_challenge: str
     code_challenge_method: str
+    response_mode: str = "query"
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,11 @@ class AuthorizationCodes:
             raise OAuthError(
                 400, "unsupported_response_type", 700054, "response_type 'code' is required here."
             )
+        response_mode = params.get("response_mode", "query")
+        if response_mode not in ("query", "form_post"):
+            raise OAuthError(
+                400, "invalid_request", 900144, f"response_mode '{response_mode}' is not supported."
+            )
         method = params.get("code_challenge_method", "plain" if params.get("code_challenge") else "")
         if params.get("code_challenge") and method != "S256":
             raise OAuthError(400, "invalid_request", 501491, "Invalid code_challenge_method: use S256.")
@@ -91,6 +97,7 @@ class AuthorizationCodes:
             nonce=params.get("nonce", ""),
             code_challenge=params.get("code_challenge", ""),
             code_challenge_method=method,
+            response_mode=response_mode,
         )
 
     def issue(self, request: AuthorizationRequest, user_id: str) -> str:

@@ -143,8 +143,16 @@ def entra_routes(tenant: EntraTenant, base_url: Callable[[], str]) -> list[Route
         if request.method == "POST":
             code = tenant.sign_in_for_code(checked, params.get("username", ""), params.get("password", ""))
             if code is not None:
-                query = urlencode({"code": code, "state": checked.state, "session_state": str(uuid.uuid4())})
-                return RedirectResponse(f"{checked.redirect_uri}?{query}", status_code=302)
+                answer = {"code": code, "state": checked.state, "session_state": str(uuid.uuid4())}
+                if checked.response_mode == "form_post":
+                    # As Entra does: a page whose form posts the answer to the redirect URI.
+                    fields = "".join(
+                        f'<input type="hidden" name="{k}" value="{html.escape(v)}">'
+                        for k, v in answer.items()
+                    )
+                    page = _FORM_POST_PAGE.format(action=html.escape(checked.redirect_uri), fields=fields)
+                    return HTMLResponse(page)
+                return RedirectResponse(f"{checked.redirect_uri}?{urlencode(answer)}", status_code=302)
             message = "Sign-in failed: unknown user or wrong password."
         hidden = "".join(
             f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
@@ -187,4 +195,10 @@ _SIGN_IN_PAGE = """<!doctype html>
 _ERROR_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>Sandbox sign-in error</title></head>
 <body><h1>Sorry, but we're having trouble signing you in.</h1><p>{message}</p></body></html>
+"""
+
+_FORM_POST_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Working...</title></head>
+<body onload="document.forms[0].submit()"><form method="post" action="{action}">{fields}
+<noscript><button type="submit">Continue</button></noscript></form></body></html>
 """

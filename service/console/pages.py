@@ -1,0 +1,58 @@
+"""The read pages: overview (what ``status`` shows), users, one user (``explain``), audit log."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.bridge.decisions import DecisionLog
+from service.console.app import console_of
+from service.console.users import FILTERS, rows_for, user_page
+from service.ops import status
+
+
+async def overview(request: Request) -> Response:
+    console = console_of(request)
+    report = await status.collect(console.redis, console.settings)
+    return console.render(request, "overview.html", report=report)
+
+
+def _page_query(request: Request) -> tuple[str, str, int]:
+    query = request.query_params.get("q", "")[:200]
+    wanted = request.query_params.get("show", "all")
+    if wanted not in FILTERS:
+        wanted = "all"
+    page_text = request.query_params.get("page", "1")
+    page = int(page_text) if page_text.isdigit() and len(page_text) < 7 else 1
+    return query, wanted, page
+
+
+async def users(request: Request) -> Response:
+    console = console_of(request)
+    query, wanted, page = _page_query(request)
+    result = await user_page(console.redis, query=query, wanted=wanted, page=page)
+    return console.render(request, "users.html", result=result, q=query, show=wanted, filters=FILTERS)
+
+
+async def user_rows(request: Request) -> Response:
+    """The table body alone: what the page's script fetches every second."""
+    console = console_of(request)
+    query, wanted, page = _page_query(request)
+    result = await user_page(console.redis, query=query, wanted=wanted, page=page)
+    return console.render(request, "user_rows.html", result=result)
+
+
+async def user(request: Request) -> Response:
+    console = console_of(request)
+    login = request.path_params["login"]
+    found = await rows_for(console.redis, [login])
+    if not found:
+        return console.render(request, "error.html", status=404, detail=f"no bridged STARFACE user {login!r}")
+    row = found[0]
+    decisions = await DecisionLog(console.redis).recent(row.user_id, 50) if row.user_id else []
+    return console.render(request, "user.html", row=row, decisions=decisions)
+
+
+async def audit(request: Request) -> Response:
+    console = console_of(request)
+    return console.render(request, "audit.html", entries=await console.audit.recent(500))

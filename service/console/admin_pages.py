@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from service.bridge.deadletters import DeadLetters, UnknownDeadLetter
-from service.console.app import Console, console_of, form_of, text_field
+from service.console.context import Console, console_of, form_of, text_field
 from service.core import keys
 from service.core.secretbox import SecretBox
 from service.core.storage import decoded

@@ -13,7 +13,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from service.console.app import console_of, form_of, guarded, microsoft_start, text_field
+from service.console.context import console_of, form_of, guarded, text_field
+from service.console.signin_pages import microsoft_start
 from service.core.secretbox import SecretBox
 from service.core.settings import reveal
 from service.starface.credentials import CredentialStore

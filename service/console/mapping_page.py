@@ -27,7 +27,7 @@ from service.bridge.mapping import (
     to_toml,
 )
 from service.bridge.mapping_store import MappingStore, MappingVersion, UnknownVersion, diff
-from service.console.app import console_of, form_of, text_field
+from service.console.context import console_of, form_of, text_field
 from service.graph.presence import ACTIVITIES, AVAILABILITIES, CALL_PRESENCES
 from service.ops.explain import preview_changes
 

@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.bridge.decisions import DecisionLog
-from service.console.app import console_of
+from service.console.context import console_of
 from service.console.users import FILTERS, rows_for, user_page
 from service.ops import status
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route
 
-from service.console import admin_pages, enrol, mapping_page, pages
-from service.console.app import guarded
+from service.console import admin_pages, mapping_page, pages
+from service.console.context import guarded
 
 
 def all_routes() -> list[BaseRoute]:
@@ -32,5 +32,4 @@ def all_routes() -> list[BaseRoute]:
         Route("/dead-letters", guarded(admin_pages.dead_letters)),
         Route("/dead-letters/replay", guarded(admin_pages.dead_replay), methods=["POST"]),
         Route("/dead-letters/purge", guarded(admin_pages.dead_purge), methods=["POST"]),
-        *enrol.routes(),
     ]

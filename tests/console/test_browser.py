@@ -144,7 +144,8 @@ async def test_html_in_texts_and_queries_renders_as_text(
     await page.goto(console_url + "/users?q=" + "%3Cscript%3Ealert(3)%3C%2Fscript%3E")
     await page.goto(console_url + "/users")
     await page.wait_for_function(
-        "login => document.querySelector(`tr[data-login='${login}'] td.text`).textContent.includes('<script>')",
+        "login => document.querySelector(`tr[data-login='${login}'] td.text`)"
+        ".textContent.includes('<script>')",
         arg=anna.login,
         timeout=5000,
     )

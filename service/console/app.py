@@ -33,6 +33,7 @@ from service.console.signin_pages import (
     microsoft_start,
     switch_language,
 )
+from service.console.users import UserTable
 from service.core.settings import Settings, reveal
 from service.core.storage import connect_worker
 
@@ -123,6 +124,7 @@ def create_console_app(
             signin=MicrosoftSignIn(redis, settings, f"{base_url}/auth/callback"),
             audit=AuditLog(redis),
             templates=_templates(),
+            users=UserTable(redis),
         )
         app.state.console = console
         try:

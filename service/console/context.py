@@ -24,6 +24,7 @@ from service.console import i18n
 from service.console.audit import AuditLog
 from service.console.sessions import COOKIE, ConsoleSession, SessionStore
 from service.console.signin import MicrosoftSignIn
+from service.console.users import UserTable
 from service.core.settings import Settings
 
 # Forms are small; the largest is a credentials CSV (at most 4 MiB, as the CLI accepts).
@@ -44,6 +45,7 @@ class Console:
     signin: MicrosoftSignIn
     audit: AuditLog
     templates: Jinja2Templates
+    users: UserTable
     background: set[Any] = field(default_factory=set)
 
     @property

@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from service.bridge.decisions import DecisionLog
 from service.console.context import console_of
-from service.console.users import FILTERS, rows_for, user_page
+from service.console.users import FILTERS
 from service.ops import status
 
 
@@ -30,7 +30,7 @@ def _page_query(request: Request) -> tuple[str, str, int]:
 async def users(request: Request) -> Response:
     console = console_of(request)
     query, wanted, page = _page_query(request)
-    result = await user_page(console.redis, query=query, wanted=wanted, page=page)
+    result = await console.users.page(query=query, wanted=wanted, page=page)
     return console.render(request, "users.html", result=result, q=query, show=wanted, filters=FILTERS)
 
 
@@ -38,14 +38,14 @@ async def user_rows(request: Request) -> Response:
     """The table body alone: what the page's script fetches every second."""
     console = console_of(request)
     query, wanted, page = _page_query(request)
-    result = await user_page(console.redis, query=query, wanted=wanted, page=page)
+    result = await console.users.page(query=query, wanted=wanted, page=page)
     return console.render(request, "user_rows.html", result=result)
 
 
 async def user(request: Request) -> Response:
     console = console_of(request)
     login = request.path_params["login"]
-    found = await rows_for(console.redis, [login])
+    found = await console.users.rows_for([login])
     if not found:
         return console.render(request, "error.html", status=404, detail=f"no bridged STARFACE user {login!r}")
     row = found[0]

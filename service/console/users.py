@@ -1,8 +1,8 @@
 """One row per bridged user for the console's users page, read from Redis in a few pipelines.
 
-Search narrows by the directory alone (login, name, e-mail); the state filters need each user's
-state, which is read for the matching users in one pipelined round trip per thousand users, so
-10,000 users cost ten round trips, not forty thousand.
+Search narrows by the directory alone (login, name, e-mail), which is parsed once per directory
+version.  A state filter reads the one field it needs for each user (pipelined, a thousand per
+round trip), and whole rows are read only for the 50 users of the page shown.
 """
 
 from __future__ import annotations
@@ -63,12 +63,6 @@ def _matches(user: StarfaceUser, query: str) -> bool:
     return any(folded in value.casefold() for value in (user.login, user.display_name, user.email or ""))
 
 
-async def _directory(redis: aioredis.Redis) -> list[StarfaceUser]:
-    raw = await redis.hvals(keys.STARFACE_DIRECTORY)
-    users = [StarfaceUser.from_json(value) for value in raw]
-    return sorted(users, key=lambda u: (u.display_name.casefold(), u.login))
-
-
 async def _rows(redis: aioredis.Redis, users: list[StarfaceUser]) -> list[UserRow]:
     rows: list[UserRow] = []
     for start in range(0, len(users), _CHUNK):
@@ -88,9 +82,8 @@ async def _rows(redis: aioredis.Redis, users: list[StarfaceUser]) -> list[UserRo
                 pipe.hlen(keys.user_calls(user_id))
                 pipe.lindex(keys.user_decisions(user_id), 0)
             state = iter(await pipe.execute())
-        for user, user_id, credential, raw_session in zip(
-            chunk, user_ids, credentials, sessions, strict=True
-        ):
+        together = zip(chunk, user_ids, credentials, sessions, strict=True)
+        for user, user_id, credential, raw_session in together:
             session = SessionStatus.from_json(raw_session) if raw_session is not None else None
             observed: list[Any] = [None, None]
             bridge: dict[str, str] = {}
@@ -128,39 +121,88 @@ async def _rows(redis: aioredis.Redis, users: list[StarfaceUser]) -> list[UserRo
     return rows
 
 
-def _keep(row: UserRow, wanted: str) -> bool:
-    if wanted == "failing":
-        return row.failing
+async def _per_user(
+    redis: aioredis.Redis, users: list[StarfaceUser], ids: dict[str, str], command: str, *args: str
+) -> list[Any]:
+    """One command per linked user (``None`` for the unlinked), pipelined a thousand at a time."""
+    answers: list[Any] = []
+    for start in range(0, len(users), _CHUNK):
+        chunk = users[start : start + _CHUNK]
+        async with redis.pipeline(transaction=False) as pipe:
+            for user in chunk:
+                user_id = ids.get(user.login)
+                if user_id is not None:
+                    key = keys.user_calls(user_id) if command == "hlen" else keys.user_bridge(user_id)
+                    getattr(pipe, command)(key, *args)
+            found = iter(await pipe.execute())
+        answers.extend(next(found) if user.login in ids else None for user in chunk)
+    return answers
+
+
+async def _narrow(redis: aioredis.Redis, users: list[StarfaceUser], wanted: str) -> list[StarfaceUser]:
+    """The users a state filter keeps, reading only the one field it needs per user."""
+    if wanted not in FILTERS or wanted == "all":
+        return users
     if wanted == "no-credentials":
-        return not row.has_credentials
-    if wanted == "dnd-on":
-        return row.dnd is True
-    if wanted == "in-call":
-        return row.calls > 0
+        stored = {decoded(k) for k in await redis.hkeys(keys.STARFACE_CREDENTIALS)}
+        return [u for u in users if u.login not in stored]
+    ids = {decoded(k): decoded(v) for k, v in (await redis.hgetall(keys.IDENTITY_USER_BY_LOGIN)).items()}
     if wanted == "unlinked":
-        return row.user_id is None
-    return True
+        return [u for u in users if u.login not in ids]
+    if wanted == "dnd-on":
+        flags = await _per_user(redis, users, ids, "hget", "applied_dnd")
+        return [u for u, flag in zip(users, flags, strict=True) if flag is not None and decoded(flag) == "1"]
+    if wanted == "in-call":
+        counts = await _per_user(redis, users, ids, "hlen")
+        return [u for u, count in zip(users, counts, strict=True) if count]
+    if wanted == "failing":
+        errors = await _per_user(redis, users, ids, "hget", "last_error")
+        sessions = {
+            decoded(k): SessionStatus.from_json(v)
+            for k, v in (await redis.hgetall(keys.UCI_SESSIONS)).items()
+        }
+        return [
+            u
+            for u, error in zip(users, errors, strict=True)
+            if error or ((found := sessions.get(u.login)) is not None and found.error is not None)
+        ]
+    return users
 
 
-async def user_page(
-    redis: aioredis.Redis, *, query: str = "", wanted: str = "all", page: int = 1, size: int = PAGE_SIZE
-) -> UserPage:
-    users = await _directory(redis)
-    if query:
-        users = [u for u in users if _matches(u, query)]
-    if wanted == "all":
-        # Only the shown page's state is read when nothing filters by state.
-        total = len(users)
-        pages = max(1, -(-total // size))
+class UserTable:
+    """The users page's source; the parsed, sorted directory is cached per directory version."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self._directory: list[StarfaceUser] = []
+        self._stamp: tuple[Any, int] | None = None
+
+    async def directory(self) -> list[StarfaceUser]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(keys.STARFACE_DIRECTORY_META, "digest")
+            pipe.hlen(keys.STARFACE_DIRECTORY)
+            digest, size = await pipe.execute()
+        stamp = (digest, int(size))
+        if stamp != self._stamp or digest is None:
+            raw = await self.redis.hvals(keys.STARFACE_DIRECTORY)
+            users = [StarfaceUser.from_json(value) for value in raw]
+            self._directory = sorted(users, key=lambda u: (u.display_name.casefold(), u.login))
+            self._stamp = stamp
+        return self._directory
+
+    async def page(
+        self, *, query: str = "", wanted: str = "all", page: int = 1, size: int = PAGE_SIZE
+    ) -> UserPage:
+        users = await self.directory()
+        if query:
+            users = [u for u in users if _matches(u, query)]
+        users = await _narrow(self.redis, users, wanted)
+        pages = max(1, -(-len(users) // size))
         page = min(max(1, page), pages)
-        shown = await _rows(redis, users[(page - 1) * size : page * size])
-        return UserPage(shown, total, page, pages)
-    rows = [row for row in await _rows(redis, users) if _keep(row, wanted)]
-    pages = max(1, -(-len(rows) // size))
-    page = min(max(1, page), pages)
-    return UserPage(rows[(page - 1) * size : page * size], len(rows), page, pages)
+        # Whole rows only for the page shown.
+        shown = await _rows(self.redis, users[(page - 1) * size : page * size])
+        return UserPage(shown, len(users), page, pages)
 
-
-async def rows_for(redis: aioredis.Redis, logins: Iterable[str]) -> list[UserRow]:
-    wanted = set(logins)
-    return await _rows(redis, [u for u in await _directory(redis) if u.login in wanted])
+    async def rows_for(self, logins: Iterable[str]) -> list[UserRow]:
+        wanted = set(logins)
+        return await _rows(self.redis, [u for u in await self.directory() if u.login in wanted])

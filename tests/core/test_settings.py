@@ -165,6 +165,7 @@ def test_secrets_are_secret_types_and_never_in_errors() -> None:
         "AZURE_CLIENT_SECRET",
         "STARFACE_ADMIN_PASSWORD",
         "STARFACE_OAUTH_CLIENT_SECRET",
+        "CONSOLE_ADMIN_PASSWORD_HASH",
     }
     with pytest.raises(SettingsError) as caught:
         Settings.from_env(dict(GOOD, BRIDGE_SECRET_KEY="tooshort-but-secret"), env_file=None)
@@ -198,3 +199,25 @@ def test_the_user_match_order_names_known_properties_once_each() -> None:
     for bad in ("mail,mail", "email", ","):
         with pytest.raises(SettingsError, match="USER_MATCH_ORDER must be a comma-separated order"):
             Settings.from_env(dict(GOOD, USER_MATCH_ORDER=bad), env_file=None)
+
+
+def test_a_console_nobody_can_sign_in_to_is_refused() -> None:
+    env = {k: v for k, v in GOOD.items() if k != "AZURE_CLIENT_SECRET"}
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(dict(env, CONSOLE_PORT="8081", CONSOLE_ADMIN_USER="rescue"), env_file=None)
+    problems = caught.value.problems
+    together = "CONSOLE_ADMIN_USER and CONSOLE_ADMIN_PASSWORD_HASH go together"
+    assert any(p.startswith(together) for p in problems)
+    assert any(p.startswith("CONSOLE_PORT is set but nobody can sign in") for p in problems)
+
+
+def test_console_port_and_password_hash_are_checked() -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(
+            dict(GOOD, CONSOLE_PORT="99999", CONSOLE_ADMIN_USER="r", CONSOLE_ADMIN_PASSWORD_HASH="hunter2"),
+            env_file=None,
+        )
+    problems = caught.value.problems
+    assert "CONSOLE_PORT must be a port number from 1 to 65535" in problems
+    assert any(p.startswith("CONSOLE_ADMIN_PASSWORD_HASH must be a hash printed by") for p in problems)
+    assert not any("hunter2" in p for p in problems)

@@ -509,16 +509,44 @@ class SessionManager:
 
     async def _recover_calls(self, login: str, client: UciClient) -> None:
         """Queue the user's calls in progress like callbacks, so a (re)login mid-call keeps the
-        user Busy in Teams without waiting for the next event.  Never fails the login."""
+        user Busy in Teams without waiting for the next event; and a HANGUP for every call the
+        bridge still holds that the PBX no longer has (its HANGUP went to a session that was
+        gone).  Never fails the login."""
         try:
+            asked_at = time.time()
             call_ids = await client.call_ids()
             for call_id in call_ids[:MAX_RECOVERED_CALLS]:
                 struct = await client.call_state(call_id)
                 event = CallEvent.from_call_state(login, struct, source="recovered")
                 await append_call(self.redis, event, self.settings.presence_stream_maxlen)
+            for call_id in await self._ended_unseen(login, set(call_ids), asked_at):
+                ended = CallEvent(
+                    login=login,
+                    call_id=call_id,
+                    state="HANGUP",
+                    time=None,
+                    received_at=time.time(),
+                    source="recovered",
+                )
+                await append_call(self.redis, ended, self.settings.presence_stream_maxlen)
         except (GatewayError, CallFormatError) as exc:
             # A PBX without these methods, or an answer of another shape: the next callback tells.
             log.info("calls in progress of login %s not read after login: %s", login, exc)
+
+    async def _ended_unseen(self, login: str, live: set[str], asked_at: float) -> list[str]:
+        """Calls the bridge holds for ``login`` that began before the PBX was asked and that it
+        no longer lists: a call first seen after the question may simply be too new for the answer."""
+        user_id = await self.redis.hget(keys.IDENTITY_USER_BY_LOGIN, login)
+        if user_id is None:
+            return []
+        held = await self.redis.hgetall(keys.user_calls(decoded(user_id)))
+        ended = []
+        for raw_id, raw_value in held.items():
+            call_id = decoded(raw_id)
+            _, _, first_seen = decoded(raw_value).partition("|")
+            if call_id not in live and float(first_seen or 0) < asked_at:
+                ended.append(call_id)
+        return sorted(ended)
 
     def _account(self, exc: GatewayError) -> None:
         """Tell the circuit what a failure says about the PBX as a whole."""

@@ -106,6 +106,7 @@ TOP_LEVEL = (
     "dead-letters",
     "rotate",
     "mapping",
+    "console",
     "starface",
 )
 
@@ -119,6 +120,8 @@ def test_the_command_tree_is_complete() -> None:
         ("sandbox", "starface"),
         ("mapping", "check"),
         ("mapping", "preview"),
+        ("mapping", "export"),
+        ("console", "hash-password"),
         ("starface", "credentials"),
         ("starface", "credentials", "import"),
         ("starface", "credentials", "set"),

@@ -183,3 +183,20 @@ async def test_users_page_search_filter_and_user_page(
     assert 'class="decision"' in detail.text
     assert (await admin.get("/users/nobody")).status_code == 404
     assert (await admin.get("/users", params={"show": "bogus", "page": "x"})).status_code == 200
+
+
+async def test_html_in_a_starface_name_renders_as_text(
+    admin: httpx.AsyncClient, redis_client: aioredis.Redis
+) -> None:
+    entry = {
+        "id": 77,
+        "login": "0077",
+        "email": "x@demo.example",
+        "first_name": "<script>alert(1)</script>",
+        "family_name": "<b>",
+        "groups": [],
+    }
+    await redis_client.hset(keys.STARFACE_DIRECTORY, "0077", json.dumps(entry, sort_keys=True))
+    page = await admin.get("/users", params={"q": "0077"})
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &lt;b&gt;" in page.text
+    assert "<script>alert(1)" not in page.text

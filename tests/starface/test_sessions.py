@@ -403,3 +403,19 @@ async def test_a_refused_password_is_tried_at_most_three_times_an_hour_then_left
     await env.credentials.put_many({"0004": PASSWORDS["0004"]})
     report = await env.manager.run_due(env.t0 + 3601)
     assert report.outcomes == {"login": 1}
+
+
+async def test_a_call_the_pbx_no_longer_has_gets_its_missed_hangup_at_login(env: Env) -> None:
+    # The bridge holds a call whose HANGUP went to a session that was gone (a PBX restart).
+    user_id = "00000000-0000-4000-8000-000000000001"
+    await env.redis.hset(keys.IDENTITY_USER_BY_LOGIN, "0001", user_id)
+    await env.redis.hset(keys.user_calls(user_id), mapping={"old-call": "CONNECTED|1.0"})
+    # A call first seen after the PBX was asked may just be too new for its answer: kept.
+    await env.redis.hset(keys.user_calls(user_id), mapping={"new-call": f"RINGING|{time.time() + 60}"})
+    await env.manager.sync(["0001"], now=env.t0)
+    await env.manager.run_due(env.t0)
+    entries: Any = await env.redis.xrange(keys.CALL_STREAM)
+    events = [CallEvent.from_fields({k.decode(): v.decode() for k, v in f.items()}) for _, f in entries]
+    assert [(e.login, e.call_id, e.state, e.source) for e in events] == [
+        ("0001", "old-call", "HANGUP", "recovered")
+    ]

@@ -38,6 +38,7 @@ from service.sandbox.entra_model import (
     _consent_error,
     _mfa_error,
     _ScopeRequest,
+    _secret_required,
     b64url,
 )
 from service.sandbox.entra_model import (
@@ -270,22 +271,10 @@ class EntraTenant:
         confidential = self._authenticate_client(app, secret)
         if grant_type == "client_credentials":
             if not confidential:
-                raise OAuthError(
-                    401,
-                    "invalid_client",
-                    7000218,
-                    "The request body must contain the following parameter: 'client_assertion' or "
-                    "'client_secret'.",
-                )
+                raise _secret_required()
             return self._client_credentials(app, form.get("scope", ""))
         if not confidential and not app.public_client:
-            raise OAuthError(
-                401,
-                "invalid_client",
-                7000218,
-                "The request body must contain the following parameter: 'client_assertion' or "
-                "'client_secret'.",
-            )
+            raise _secret_required()
         if grant_type == "password":
             return self._password(app, form)
         if grant_type == DEVICE_CODE_GRANT:
@@ -319,13 +308,7 @@ class EntraTenant:
     ) -> dict[str, Any]:
         if not confidential:
             # The bridge registers a web redirect URI: Entra then requires the client's secret.
-            raise OAuthError(
-                401,
-                "invalid_client",
-                7000218,
-                "The request body must contain the following parameter: 'client_assertion' or "
-                "'client_secret'.",
-            )
+            raise _secret_required()
         issued = self.codes.redeem(app, form)
         account = self.accounts.get(issued.user_id)
         if account is None:

@@ -267,3 +267,13 @@ class _ScopeRequest:
     graph: frozenset[str]
     default: bool
     oidc: frozenset[str]
+
+
+def _secret_required() -> OAuthError:
+    """A confidential grant (client credentials, a web app's code) sent without the client's secret."""
+    return OAuthError(
+        401,
+        "invalid_client",
+        7000218,
+        "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+    )

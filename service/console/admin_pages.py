@@ -17,7 +17,6 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from service.bridge.deadletters import DeadLetters, UnknownDeadLetter
 from service.console.context import Console, console_of, form_of, text_field
 from service.core import keys
-from service.core.secretbox import SecretBox
 from service.core.storage import decoded
 from service.ops.status import uci_sessions
 from service.starface.credentials import (
@@ -42,16 +41,23 @@ DEVICE_FLOW_SECONDS = 900
 async def accounts(request: Request) -> Response:
     console = console_of(request)
     settings = console.settings
-    box = SecretBox.from_settings(settings)
-    health = await ServiceAccounts(console.redis, box, settings.graph_service_accounts).health()
-    flows = {}
-    for account in settings.graph_service_accounts:
-        raw = await console.redis.get(keys.console_device_flow(account))
-        if raw is not None:
-            flows[account] = json.loads(decoded(raw))
+    health = await ServiceAccounts(console.redis, console.box, settings.graph_service_accounts).health()
     return console.render(
-        request, "accounts.html", accounts=settings.graph_service_accounts, health=health, flows=flows
+        request,
+        "accounts.html",
+        accounts=settings.graph_service_accounts,
+        health=health,
+        flows=await _flows(console),
     )
+
+
+async def _flows(console: Console) -> dict[str, dict[str, str]]:
+    """The device-code sign-ins started from the console, by account, in one round trip."""
+    accounts = console.settings.graph_service_accounts
+    raw = await console.redis.mget([keys.console_device_flow(a) for a in accounts]) if accounts else []
+    return {
+        account: json.loads(decoded(value)) for account, value in zip(accounts, raw, strict=True) if value
+    }
 
 
 async def _device_sign_in(console: Console, account: str, who: str) -> None:
@@ -101,20 +107,14 @@ async def account_sign_in(request: Request) -> Response:
 
 
 async def account_sign_in_status(request: Request) -> Response:
-    console = console_of(request)
-    result = {}
-    for account in console.settings.graph_service_accounts:
-        raw = await console.redis.get(keys.console_device_flow(account))
-        if raw is not None:
-            result[account] = json.loads(decoded(raw))
-    return JSONResponse(result)
+    return JSONResponse(await _flows(console_of(request)))
 
 
 # -- STARFACE credentials ----------------------------------------------------------------------
 
 
 def _store(console: Console) -> CredentialStore:
-    return CredentialStore(console.redis, SecretBox.from_settings(console.settings))
+    return CredentialStore(console.redis, console.box)
 
 
 async def credentials(

@@ -34,6 +34,7 @@ from service.console.signin_pages import (
     switch_language,
 )
 from service.console.users import UserTable
+from service.core.secretbox import SecretBox
 from service.core.settings import Settings, reveal
 from service.core.storage import connect_worker
 
@@ -113,6 +114,7 @@ def create_console_app(
         redis = connect_worker(redis_url)
         http = open_http(settings.extra_ca_file)
         base_url = console_base_url(settings)
+        box = SecretBox.from_settings(settings)
         console = Console(
             settings=settings,
             redis=redis,
@@ -121,10 +123,11 @@ def create_console_app(
             sessions=SessionStore(
                 redis, CookieSigner(reveal(settings.secret_key) or ""), settings.console_idle_minutes * 60
             ),
-            signin=MicrosoftSignIn(redis, settings, f"{base_url}/auth/callback"),
+            signin=MicrosoftSignIn(redis, settings, box, f"{base_url}/auth/callback"),
             audit=AuditLog(redis),
             templates=_templates(),
             users=UserTable(redis),
+            box=box,
         )
         app.state.console = console
         try:

@@ -25,6 +25,7 @@ from service.console.audit import AuditLog
 from service.console.sessions import COOKIE, ConsoleSession, SessionStore
 from service.console.signin import MicrosoftSignIn
 from service.console.users import UserTable
+from service.core.secretbox import SecretBox
 from service.core.settings import Settings
 
 # Forms are small; the largest is a credentials CSV (at most 4 MiB, as the CLI accepts).
@@ -46,6 +47,8 @@ class Console:
     audit: AuditLog
     templates: Jinja2Templates
     users: UserTable
+    # Built once: every page that reads or writes a sealed value uses this box.
+    box: SecretBox
     background: set[Any] = field(default_factory=set)
 
     @property

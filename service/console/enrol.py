@@ -15,7 +15,6 @@ from starlette.routing import BaseRoute, Route
 
 from service.console.context import console_of, form_of, guarded, text_field
 from service.console.signin_pages import microsoft_start
-from service.core.secretbox import SecretBox
 from service.core.settings import reveal
 from service.starface.credentials import CredentialStore
 from service.starface.directory import DirectoryStore
@@ -49,9 +48,7 @@ async def page(request: Request, *, message: str = "", status: int = 200) -> Res
     user = await _matched(request)
     stored = False
     if user is not None:
-        stored = user.login in set(
-            await CredentialStore(console.redis, SecretBox.from_settings(console.settings)).logins()
-        )
+        stored = user.login in set(await CredentialStore(console.redis, console.box).logins())
     return console.render(request, "enrol.html", status=status, user=user, stored=stored, message=message)
 
 
@@ -66,7 +63,7 @@ async def submit(request: Request) -> Response:
     form = form_of(request)
     password = text_field(form, "password", 1000)
     settings = console.settings
-    store = CredentialStore(console.redis, SecretBox.from_settings(settings))
+    store = CredentialStore(console.redis, console.box)
     who = request.state.session.who
     if form.get("action") == "withdraw":
         if await store.delete(user.login):

@@ -135,6 +135,7 @@ async def _current(request: Request) -> tuple[MappingVersion | None, Mapping | N
 
 async def _render(
     request: Request,
+    current: tuple[MappingVersion | None, Mapping | None],
     data: dict[str, Any],
     *,
     problems: list[str] | None = None,
@@ -143,7 +144,7 @@ async def _render(
     status: int = 200,
 ) -> Response:
     console = console_of(request)
-    version, mapping = await _current(request)
+    version, mapping = current
     problems = problems or []
     switches, rows = _view(data, problems)
     saved = request.query_params.get("saved", "")
@@ -165,10 +166,10 @@ async def _render(
 
 
 async def show(request: Request) -> Response:
-    _, mapping = await _current(request)
-    if mapping is None:
-        return await _render(request, {}, problems=["no mapping is stored yet: start a worker once"])
-    return await _render(request, _data_of(mapping))
+    current = await _current(request)
+    if current[1] is None:
+        return await _render(request, current, {}, problems=["no mapping is stored yet: start a worker once"])
+    return await _render(request, current, _data_of(current[1]))
 
 
 def _parse_form(
@@ -192,12 +193,12 @@ def _parse_form(
 
 async def preview(request: Request) -> Response:
     console = console_of(request)
-    _, current = await _current(request)
-    data, text, mapping, problems = _parse_form(form_of(request), _data_of(current) if current else {})
+    current = await _current(request)
+    data, text, mapping, problems = _parse_form(form_of(request), _data_of(current[1]) if current[1] else {})
     if mapping is None:
-        return await _render(request, data, problems=problems, toml_text=text or None, status=400)
+        return await _render(request, current, data, problems=problems, toml_text=text or None, status=400)
     changes = [row for row in await preview_changes(console.redis, mapping) if row.changes]
-    return await _render(request, data, toml_text=text, preview=changes)
+    return await _render(request, current, data, toml_text=text, preview=changes)
 
 
 async def save(request: Request) -> Response:
@@ -206,7 +207,9 @@ async def save(request: Request) -> Response:
     form = form_of(request)
     data, text, mapping, problems = _parse_form(form, _data_of(current) if current else {})
     if mapping is None:
-        return await _render(request, data, problems=problems, toml_text=text or None, status=400)
+        return await _render(
+            request, (before, current), data, problems=problems, toml_text=text or None, status=400
+        )
     session = request.state.session
     store = MappingStore(console.redis)
     version = await store.save(text, who=session.who, note=text_field(form, "note", 300))

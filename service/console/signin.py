@@ -51,11 +51,11 @@ class PendingSignIn:
 
 
 class MicrosoftSignIn:
-    def __init__(self, redis: aioredis.Redis, settings: Settings, redirect_uri: str) -> None:
+    def __init__(self, redis: aioredis.Redis, settings: Settings, box: SecretBox, redirect_uri: str) -> None:
         self.redis = redis
         self.settings = settings
         self.redirect_uri = redirect_uri
-        self.box = SecretBox.from_settings(settings)
+        self.box = box
         self._app: Any = None
 
     @property

@@ -17,7 +17,7 @@ from service.bridge.decisions import DecisionRecord
 from service.core import keys
 from service.core.storage import decoded
 from service.starface.rest import StarfaceUser
-from service.starface.sessions import SessionStatus
+from service.starface.sessions import FAILED, SessionStatus
 
 FILTERS: Final = ("all", "failing", "no-credentials", "dnd-on", "in-call", "unlinked")
 PAGE_SIZE: Final = 50
@@ -44,10 +44,7 @@ class UserRow:
 
     @property
     def failing(self) -> bool:
-        return bool(self.error) or self.uci == "failed"
-
-    def to_json(self) -> dict[str, Any]:
-        return {**self.__dict__, "failing": self.failing}
+        return bool(self.error) or self.uci == FAILED
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,12 @@ from service.bridge.identity import link_resolved
 from service.bridge.mapping import Mapping, load_mapping, to_toml
 from service.bridge.mapping_store import MappingFollower, MappingStore
 from service.bridge.reconciler import GRAPH, STARFACE, Reconciler
-from service.bridge.streams import StreamConsumer
+from service.bridge.streams import PartitionedConsumer
 from service.bridge.worker import ChangeListener, PresenceWorker
 from service.core import heartbeat, keys
 from service.core.clock import Clock, SystemClock
+from service.core.partitions import Partitions
+from service.core.partitions import adopt as adopt_partitions
 from service.core.settings import Settings
 from service.core.storage import connect_worker
 from service.core.tls import client_context
@@ -132,6 +134,8 @@ class Runtime:
 
     async def _start_worker(self, redis: aioredis.Redis, http: aiohttp.ClientSession) -> None:
         settings = self.settings
+        partitions = Partitions(settings.redis_partitions)
+        read = await adopt_partitions(redis, partitions)
         mapping = self.mapping or load_mapping(settings.mapping_file)
         sessions = SessionManager(redis, settings, http)
         tokens = Tokens.from_settings(redis, settings)
@@ -156,6 +160,7 @@ class Runtime:
             starface=sessions,
             teams=teams,
             groups=directory.groups,
+            partitions=partitions,
             clock=self.clock.now,
             presence_seconds=settings.teams_presence_minutes * 60,
             concurrency=settings.reconcile_concurrency,
@@ -169,16 +174,22 @@ class Runtime:
         if settings.presence_confirm_seconds > 0:
             # Changes without sequenceNumber are confirmed by a read, so a late retry of an old
             # state is corrected within seconds (service/bridge/confirm.py).
-            reads = Resync(redis, graph, tokens.app_token, stream_maxlen=settings.presence_stream_maxlen)
+            reads = Resync(
+                redis,
+                graph,
+                tokens.app_token,
+                partitions=partitions,
+                stream_maxlen=settings.presence_stream_maxlen,
+            )
             confirmer = Confirmer(
                 redis, reads.sweep, delay_seconds=settings.presence_confirm_seconds, clock=self.clock.now
             )
             listeners.append(confirmer.on_presence)
             self._spawn("presence-confirm", confirmer.run(self.stop))
-        worker = PresenceWorker(redis, settings, listeners=listeners)
-        calls = StreamConsumer(
+        worker = PresenceWorker(redis, settings, partitions, read_partitions=read, listeners=listeners)
+        calls = PartitionedConsumer(
             redis,
-            keys.CALL_STREAM,
+            [keys.call_stream(p) for p in range(read)],
             keys.CALL_GROUP,
             self.reconciler.handle_calls,
             batch=settings.worker_batch,
@@ -187,8 +198,14 @@ class Runtime:
             dead_letter_max_entries=settings.dead_letter_max_entries,
             dead_letter_max_age_seconds=settings.dead_letter_max_age_days * 86_400,
         )
-        await worker.consumer.ensure_group()
+        await worker.start()
+        await calls.also_drain_if_present(keys.LEGACY_CALL_STREAM)
         await calls.ensure_group()
+        moved = await self.reconciler.schedule.rehome(
+            [keys.LEGACY_RECONCILE_DUE, keys.LEGACY_RECONCILE_INFLIGHT], self.clock.now()
+        )
+        if moved:
+            log.info("moved %d due users to their partitions (the partition count changed)", moved)
         self._spawn("presence-worker", worker.run(self.stop.is_set))
         self._spawn("call-events", calls.run_forever(self.stop.is_set))
         self._spawn("reconciler", self.reconciler.run(self.stop.is_set))
@@ -249,7 +266,7 @@ class Runtime:
         settings = self.settings
         store = DirectoryStore(redis)
         rest = RestClient.from_settings(http, settings)
-        schedule = Schedule(redis)
+        schedule = Schedule(redis, Partitions(settings.redis_partitions))
 
         async def linked(resolution: Resolution) -> None:
             changed = await link_resolved(redis, resolution.ids)

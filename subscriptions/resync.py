@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import redis.asyncio as aioredis
 
 from service.bridge.streams import append_presence_batch
+from service.core.partitions import Partitions
 from service.graph.client import GraphClient, GraphResponse, TokenSource, with_token
 from service.graph.presence import PresenceChange, PresenceFormatError
 from subscriptions import metrics
@@ -30,6 +31,7 @@ class Resync:
         graph: GraphClient,
         app_token: TokenSource,
         *,
+        partitions: Partitions,
         stream_maxlen: int = 1_000_000,
         ids_per_call: int = IDS_PER_CALL,
     ) -> None:
@@ -37,6 +39,7 @@ class Resync:
         self.graph = graph
         self.app_token = app_token
         self.stream_maxlen = stream_maxlen
+        self.partitions = partitions
         self.ids_per_call = min(ids_per_call, IDS_PER_CALL)
 
     async def sweep(self, user_ids: Sequence[str]) -> int:
@@ -60,7 +63,7 @@ class Resync:
                 except PresenceFormatError as exc:
                     log.warning("resync: skipped a presence Graph returned malformed: %s", exc)
             if changes:
-                await append_presence_batch(self.redis, changes, self.stream_maxlen)
+                await append_presence_batch(self.redis, self.partitions, changes, self.stream_maxlen)
             queued += len(changes)
         metrics.RESYNC_PRESENCES.inc(queued)
         return queued

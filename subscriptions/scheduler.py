@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 
 from service.core import keys
 from service.core.clock import Clock, SystemClock
+from service.core.partitions import Partitions
 from service.core.secretbox import SecretBox
 from service.core.settings import Settings
 from service.core.tls import client_context
@@ -312,7 +313,13 @@ def build_scheduler(
             redis, graph, tokens.app_token, clock=clock, match_order=settings.user_match_order
         ),
         renewal=renewal,
-        resync=Resync(redis, graph, tokens.app_token, stream_maxlen=settings.presence_stream_maxlen),
+        resync=Resync(
+            redis,
+            graph,
+            tokens.app_token,
+            partitions=Partitions(settings.redis_partitions),
+            stream_maxlen=settings.presence_stream_maxlen,
+        ),
         records=records,
         lease=Lease(redis, keys.SCHEDULER_LEASE, lease_seconds or settings.scheduler_lease_seconds),
         clock=clock,

@@ -9,6 +9,7 @@ an entry is never in neither place.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,8 +23,21 @@ from service.core.storage import decoded
 DEFAULT_MAX_ENTRIES = 10_000
 DEFAULT_MAX_AGE_SECONDS = 14 * 86_400
 
-# The streams an entry may be replayed onto; a dead letter naming anything else is refused.
-REPLAYABLE = (keys.PRESENCE_STREAM, keys.CALL_STREAM, keys.LIFECYCLE_STREAM)
+# The streams an entry may be replayed onto (any partition's, the lifecycle stream, and those of
+# the layout before partitions); a dead letter naming anything else is refused.
+_REPLAYABLE = re.compile(
+    re.escape(keys.PREFIX)
+    + r":\{p\d{1,3}\}:stream:(presence|calls)|"
+    + "|".join(
+        re.escape(k) for k in (keys.LIFECYCLE_STREAM, keys.LEGACY_PRESENCE_STREAM, keys.LEGACY_CALL_STREAM)
+    )
+)
+
+
+def replayable(stream: str) -> bool:
+    return _REPLAYABLE.fullmatch(stream) is not None
+
+
 # A replayed entry carries its earlier deliveries in this field (handlers read only their own
 # fields), so that it comes back with its whole count if it fails again.
 REPLAYED_FIELD = "dead_letter_deliveries"
@@ -144,13 +158,13 @@ class DeadLetters:
     async def replay(self, dead_id: str) -> str:
         """Put one dead letter back on its stream; returns the new entry's id there."""
         letter = await self.get(dead_id)
-        if letter.stream not in REPLAYABLE:
+        if not replayable(letter.stream):
             raise UnknownDeadLetter(dead_id)
         fields = {**letter.fields, REPLAYED_FIELD: str(letter.deliveries)}
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(letter.stream, fields)  # type: ignore[arg-type]
-            pipe.xdel(keys.DEAD_LETTER_STREAM, letter.id)
-            new_id, _ = await pipe.execute()
+        # Two steps, not one transaction (the streams have different hash tags): queued first, so
+        # a crash in between leaves a dead letter that was also replayed, never one that is lost.
+        new_id = await self.redis.xadd(letter.stream, fields)  # type: ignore[arg-type]
+        await self.redis.xdel(keys.DEAD_LETTER_STREAM, letter.id)
         return decoded(new_id)
 
     async def replay_all(self) -> int:

@@ -37,6 +37,7 @@ from service.bridge.observed import ObservedPresence, ObservedStore
 from service.bridge.streams import Entry
 from service.bridge.userstate import BridgeRecord, Call, UserStateStore
 from service.core import keys, metrics
+from service.core.partitions import Partitions
 from service.core.storage import decoded
 from service.graph.client import GraphThrottled, GraphUnavailable
 from service.graph.presence import PresenceChange, TeamsPresence
@@ -161,6 +162,7 @@ class Reconciler:
         mapping: Mapping,
         starface: StarfaceGateway,
         teams: TeamsGateway,
+        partitions: Partitions,
         clock: Callable[[], float] = time.time,
         groups: Groups = _no_groups,
         presence_seconds: int = 300,
@@ -181,7 +183,7 @@ class Reconciler:
         self.state = UserStateStore(redis)
         self.identity = IdentityStore(redis)
         self.hold_seconds = hold_seconds
-        self.schedule = Schedule(redis, hold_seconds=hold_seconds)
+        self.schedule = Schedule(redis, partitions, hold_seconds=hold_seconds)
         # Users this process is reconciling now: their claims are extended while the work lasts.
         self.held: set[str] = set()
         # Users whose STARFACE write failed because the PBX was down: due at once when it is back.

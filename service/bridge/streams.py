@@ -24,6 +24,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from service.bridge import deadletters
 from service.core import keys
+from service.core.partitions import Partitions
 from service.core.storage import decoded
 from service.graph.presence import PresenceChange
 
@@ -48,11 +49,20 @@ def _decode(fields: dict[Any, Any]) -> dict[str, str]:
     }
 
 
-async def append_presence_batch(redis: aioredis.Redis, changes: list[PresenceChange], maxlen: int) -> None:
-    """One round trip for a whole notification batch; MULTI so a batch is queued whole or not at all."""
-    async with redis.pipeline(transaction=True) as pipe:
-        for change in changes:
-            pipe.xadd(keys.PRESENCE_STREAM, change.to_fields(), maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+async def append_presence_batch(
+    redis: aioredis.Redis, partitions: Partitions, changes: list[PresenceChange], maxlen: int
+) -> None:
+    """One round trip for a whole notification batch, each change on its user's partition.
+
+    A batch within one partition is queued whole or not at all (MULTI).  One that spans
+    partitions cannot be one transaction on a cluster: if a part fails, the caller answers 503
+    and Graph delivers the batch again, and the changes already queued come back as duplicates,
+    which the observed-state compare-and-set recognises.
+    """
+    streams = [partitions.presence_stream(c.user_id) for c in changes]
+    async with redis.pipeline(transaction=len(set(streams)) == 1) as pipe:
+        for stream, change in zip(streams, changes, strict=True):
+            pipe.xadd(stream, change.to_fields(), maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
         await pipe.execute()
 
 
@@ -203,23 +213,24 @@ class StreamConsumer:
             failures = {e.id: f"{type(exc).__name__}: {exc}" for e in entries}
         done = [e.id for e in entries if e.id not in failures]
         dead = [e for e in entries if e.id in failures and e.deliveries >= self.max_deliveries]
-        async with self.redis.pipeline(transaction=True) as pipe:
-            if done:
-                pipe.xack(self.stream, self.group, *done)
-            for entry in dead:
-                deadletters.add(
-                    pipe,
-                    stream=self.stream,
-                    entry_id=entry.id,
-                    reason=failures[entry.id],
-                    deliveries=entry.deliveries,
-                    fields=entry.fields,
-                    max_entries=self.dead_letter_max_entries,
-                    max_age_seconds=self.dead_letter_max_age_seconds,
-                )
-                pipe.xack(self.stream, self.group, entry.id)
-            if done or dead:
+        if dead:
+            # Not one transaction with the acknowledgement: the dead-letter stream has a hash tag
+            # of its own.  Stored first, so a crash in between can only dead-letter an entry twice.
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for entry in dead:
+                    deadletters.add(
+                        pipe,
+                        stream=self.stream,
+                        entry_id=entry.id,
+                        reason=failures[entry.id],
+                        deliveries=entry.deliveries,
+                        fields=entry.fields,
+                        max_entries=self.dead_letter_max_entries,
+                        max_age_seconds=self.dead_letter_max_age_seconds,
+                    )
                 await pipe.execute()
+        if done or dead:
+            await self.redis.xack(self.stream, self.group, *done, *(e.id for e in dead))
         self.processed += len(done)
         self.dead_lettered += len(dead)
         for entry in dead:
@@ -230,3 +241,71 @@ class StreamConsumer:
                 entry.deliveries,
                 failures[entry.id][:200],
             )
+
+
+class PartitionedConsumer:
+    """One consumer of a group on every partition stream of one kind, under one consumer name.
+
+    Every worker process reads every partition: the consumer group hands each entry to one of
+    them, and a dead worker's pending entries are reclaimed (XAUTOCLAIM) by whichever worker
+    reads that partition next, so no partition is left without a reader while one worker lives.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        streams: list[str],
+        group: str,
+        handler: Handler,
+        *,
+        name: str | None = None,
+        **options: Any,
+    ) -> None:
+        self.redis = redis
+        self.group = group
+        self.handler = handler
+        self.name = name or consumer_name()
+        self.options = options
+        self.consumers = [self._consumer(stream) for stream in streams]
+
+    def _consumer(self, stream: str) -> StreamConsumer:
+        return StreamConsumer(self.redis, stream, self.group, self.handler, name=self.name, **self.options)
+
+    @property
+    def streams(self) -> list[str]:
+        return [c.stream for c in self.consumers]
+
+    async def ensure_group(self) -> None:
+        for consumer in self.consumers:
+            await consumer.ensure_group()
+
+    async def also_drain_if_present(self, stream: str) -> bool:
+        """Read ``stream`` too if it exists (what an older layout left queued); returns whether."""
+        if stream in self.streams or not await self.redis.exists(stream):
+            return False
+        self.consumers.append(self._consumer(stream))
+        return True
+
+    async def run_once(self) -> int:
+        return sum([await c.run_once() for c in self.consumers])
+
+    async def drain(self) -> int:
+        total = 0
+        for consumer in self.consumers:
+            total += await consumer.drain()
+        return total
+
+    async def run_forever(self, stopping: Callable[[], bool]) -> None:
+        await asyncio.gather(*(c.run_forever(stopping) for c in self.consumers))
+
+    @property
+    def processed(self) -> int:
+        return sum(c.processed for c in self.consumers)
+
+    @property
+    def dead_lettered(self) -> int:
+        return sum(c.dead_lettered for c in self.consumers)
+
+    @property
+    def reclaimed(self) -> int:
+        return sum(c.reclaimed for c in self.consumers)

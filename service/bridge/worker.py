@@ -9,8 +9,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from service.bridge.observed import ObservedStore, Outcome
-from service.bridge.streams import Entry, StreamConsumer
+from service.bridge.streams import Entry, PartitionedConsumer
 from service.core import keys
+from service.core.partitions import Partitions
 from service.core.settings import Settings
 from service.graph.presence import PresenceChange, PresenceFormatError
 
@@ -27,7 +28,9 @@ class PresenceWorker:
         self,
         redis: aioredis.Redis,
         settings: Settings,
+        partitions: Partitions,
         *,
+        read_partitions: int | None = None,
         name: str | None = None,
         block_ms: int = 1000,
         listeners: list[ChangeListener] | None = None,
@@ -36,9 +39,11 @@ class PresenceWorker:
         self.redis = redis
         self.listeners = list(listeners or [])
         self.outcomes: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
-        self.consumer = StreamConsumer(
+        # After the partition count shrank, the partitions above it are still read until empty.
+        streams = [keys.presence_stream(p) for p in range(max(partitions.count, read_partitions or 1))]
+        self.consumer = PartitionedConsumer(
             redis,
-            keys.PRESENCE_STREAM,
+            streams,
             keys.WORKER_GROUP,
             self.handle,
             name=name,
@@ -79,6 +84,11 @@ class PresenceWorker:
     async def drain(self) -> int:
         await self.consumer.ensure_group()
         return await self.consumer.drain()
+
+    async def start(self) -> None:
+        """Create the groups, and read what the single stream of an older layout still holds."""
+        await self.consumer.also_drain_if_present(keys.LEGACY_PRESENCE_STREAM)
+        await self.consumer.ensure_group()
 
     async def run(self, stopping: Callable[[], bool]) -> None:
         await self.consumer.run_forever(stopping)

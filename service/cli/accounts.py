@@ -17,6 +17,7 @@ from typing import TextIO
 import redis.asyncio as aioredis
 
 from service.cli.policy import EXIT_FAILURE, EXIT_USAGE, CommandFailed, UsageError, say
+from service.core import storage
 from service.core.secretbox import SealError, SecretBox
 from service.core.settings import Settings
 from service.graph.client import GraphError
@@ -48,7 +49,7 @@ def _redis(settings: Settings, redis_url: str | None) -> aioredis.Redis:
     url = redis_url or settings.redis_url
     if not url:
         raise CommandError("REDIS_URL is not set: the command needs the Redis the service uses")
-    return aioredis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=10)
+    return storage.connect(url, socket_timeout=10, socket_connect_timeout=10)
 
 
 def _run(job: Callable[[], Coroutine[None, None, int]], err: TextIO) -> int:

@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from service.cli.policy import CommandFailed, UsageError, exit_code
+from service.core import storage
 from service.core.secretbox import SecretBox
 from service.core.settings import Settings, SettingsError
 from service.starface.credentials import (
@@ -113,7 +114,7 @@ def _read_password(login: str, *, from_stdin: bool) -> str:
 
 
 async def _with_store(settings: Settings) -> tuple[aioredis.Redis, CredentialStore]:
-    redis = aioredis.Redis.from_url(str(settings.redis_url), socket_timeout=10, socket_connect_timeout=5)
+    redis = storage.connect(str(settings.redis_url), socket_timeout=10, socket_connect_timeout=5)
     return redis, CredentialStore(redis, SecretBox.from_settings(settings))
 
 

@@ -264,10 +264,9 @@ def _add_renew(sub: Subparsers) -> None:
 
 
 def _run_renew(args: argparse.Namespace) -> int:
-    import redis.asyncio as aioredis
-
     from service.bridge.identity import link_resolved
     from service.cli.accounts import run_renew
+    from service.core import storage
     from service.starface.directory import DirectoryStore
     from subscriptions.users import Resolution
 
@@ -275,14 +274,14 @@ def _run_renew(args: argparse.Namespace) -> int:
     with redis_url_for(settings.redis_url, valkey_dir(settings)) as url:
 
         async def emails() -> list[str]:
-            client = aioredis.Redis.from_url(url)
+            client = storage.connect(url)
             try:
                 return await DirectoryStore(client).emails()
             finally:
                 await client.aclose()
 
         async def linked(resolution: Resolution) -> None:
-            client = aioredis.Redis.from_url(url)
+            client = storage.connect(url)
             try:
                 await link_resolved(client, resolution.ids)
             finally:

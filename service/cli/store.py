@@ -34,11 +34,12 @@ def with_redis(settings: Settings, job: Callable[[aioredis.Redis], Awaitable[int
     """Run ``job`` with a Redis client on the configured or embedded server."""
 
     # Imported when a command talks to Redis, not when the parser is built (--help stays fast).
-    import redis.asyncio as aioredis
     from redis.exceptions import RedisError
 
+    from service.core import storage
+
     async def run(url: str) -> int:
-        client = aioredis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+        client = storage.connect(url, socket_timeout=10, socket_connect_timeout=5)
         try:
             return await job(client)
         finally:

@@ -1,8 +1,10 @@
 """Every Redis key the bridge uses, in one place.
 
-Per-user keys carry a ``{...}`` hash tag so that all keys of one user live in one Redis Cluster
-slot and a Lua script may touch them together.  Global keys share the ``{pb}`` tag for the same
-reason: scripts that move entries between streams need them in one slot.
+Per-user keys carry a ``{u:<id>}`` hash tag so that all keys of one user live in one Redis Cluster
+slot and a Lua script may touch them together.  The work streams and the reconcile due-set are
+partitioned (``service.core.partitions``): partition N carries the tag ``{pN}``, so the partitions
+spread over a cluster's nodes.  The remaining global keys share the ``{pb}`` tag; no script and no
+transaction mixes two tags.
 """
 
 from __future__ import annotations
@@ -10,9 +12,22 @@ from __future__ import annotations
 PREFIX = "pb"
 
 # -- streams and groups (foundation) ----------------------------------------------------------
-PRESENCE_STREAM = f"{PREFIX}:{{pb}}:stream:presence"
+
+
+def presence_stream(partition: int) -> str:
+    """Stream: decoded presence changes of the users in one partition."""
+    return f"{PREFIX}:{{p{partition}}}:stream:presence"
+
+
+def call_stream(partition: int) -> str:
+    """Stream: STARFACE call events of the logins in one partition."""
+    return f"{PREFIX}:{{p{partition}}}:stream:calls"
+
+
+# Before partitions there was one stream of each kind; a worker still drains one it finds.
+LEGACY_PRESENCE_STREAM = f"{PREFIX}:{{pb}}:stream:presence"
+LEGACY_CALL_STREAM = f"{PREFIX}:{{pb}}:stream:calls"
 LIFECYCLE_STREAM = f"{PREFIX}:{{pb}}:stream:lifecycle"
-CALL_STREAM = f"{PREFIX}:{{pb}}:stream:calls"
 DEAD_LETTER_STREAM = f"{PREFIX}:{{pb}}:stream:dead"
 WORKER_GROUP = "workers"
 
@@ -98,10 +113,23 @@ def token_cache_lock(account: str) -> str:
 
 
 # -- reconciler ---------------------------------------------------------------------------------
-# zset: Entra user id -> when the user is due for a reconcile
-RECONCILE_DUE = f"{PREFIX}:{{pb}}:reconcile:due"
-# zset: Entra user id -> until when a reconciler holds the user (one writer per user)
-RECONCILE_INFLIGHT = f"{PREFIX}:{{pb}}:reconcile:inflight"
+
+
+def reconcile_due(partition: int) -> str:
+    """Zset: Entra user id -> when the user is due for a reconcile (the users of one partition)."""
+    return f"{PREFIX}:{{p{partition}}}:reconcile:due"
+
+
+def reconcile_inflight(partition: int) -> str:
+    """Zset: Entra user id -> until when a reconciler holds the user (one writer per user)."""
+    return f"{PREFIX}:{{p{partition}}}:reconcile:inflight"
+
+
+# Before partitions there was one due-set and one in-flight set; a worker moves what it finds.
+LEGACY_RECONCILE_DUE = f"{PREFIX}:{{pb}}:reconcile:due"
+LEGACY_RECONCILE_INFLIGHT = f"{PREFIX}:{{pb}}:reconcile:inflight"
+# hash: count (the partitions producers use now), max (the most ever used, which workers still read)
+PARTITIONS = f"{PREFIX}:{{pb}}:partitions"
 # hashes linking the two identities of a bridged user
 IDENTITY_LOGIN_BY_USER = f"{PREFIX}:{{pb}}:identity:login-by-user"
 # String: SHA-256 of the mapping the workers last started with; a different one re-reconciles everyone.

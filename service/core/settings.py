@@ -23,6 +23,7 @@ from pydantic import BeforeValidator, SecretStr, ValidationError
 from pydantic import Field as SchemaField
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from service.core.partitions import MAX_PARTITIONS
 from service.core.roles import CORE, GRAPH_APP, ROLES, STARFACE, SettingsError, required_groups
 
 __all__ = ["CORE", "FIELDS", "GRAPH_APP", "ROLES", "STARFACE", "Settings", "SettingsError", "required_groups"]
@@ -42,10 +43,26 @@ def _http_url(value: str) -> str:
     return value.rstrip("/")
 
 
+# A cluster is named by its own scheme: the client differs, and a plain URL to one cluster node
+# would fail later with MOVED errors instead of at start.
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+REDIS_SCHEMES = ("redis", "rediss", "unix", *CLUSTER_SCHEMES)
+
+
 def _redis_url(value: str) -> str:
-    if urllib.parse.urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-        raise ValueError("must start with redis://, rediss:// or unix://")
+    if urllib.parse.urlsplit(value).scheme not in REDIS_SCHEMES:
+        raise ValueError(
+            "must start with redis://, rediss:// or unix:// (one server), "
+            "or redis+cluster:// or rediss+cluster:// (a Redis Cluster)"
+        )
     return value
+
+
+def _partitions(value: str) -> int:
+    count = _positive_int(value)
+    if count > MAX_PARTITIONS:
+        raise ValueError(f"must be at most {MAX_PARTITIONS}")
+    return count
 
 
 def _secret_key(value: str) -> str:
@@ -188,6 +205,11 @@ class Settings(BaseSettings):
 
     redis_url: Annotated[str | None, BeforeValidator(_redis_url)] = _setting(
         None, "REDIS_URL", "Redis/Valkey URL; unset = an embedded Valkey for one machine only"
+    )
+    redis_partitions: Annotated[int, BeforeValidator(_partitions)] = _setting(
+        1,
+        "REDIS_PARTITIONS",
+        "Partitions of the work streams and due-set; on Redis Cluster a few per master node",
     )
     data_dir: str = _setting("./data", "DATA_DIR", "Directory for the embedded Valkey's append-only file")
     public_base_url: Annotated[str, BeforeValidator(_https_url)] = _setting(

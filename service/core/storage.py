@@ -2,12 +2,50 @@
 
 from __future__ import annotations
 
-from typing import Any
+import urllib.parse
+from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+
+from service.core.settings import CLUSTER_SCHEMES
+
+
+def is_cluster_url(url: str) -> bool:
+    return urllib.parse.urlsplit(url).scheme in CLUSTER_SCHEMES
+
+
+def connect_cluster(url: str, **options: Any) -> aioredis.Redis:
+    """A Redis Cluster client for ``redis+cluster://[user:password@]host:port[,host:port...]``.
+
+    Any reachable node is enough to find the others; several let a start succeed while one is
+    down.  The client speaks the same commands as the single-server one for everything the
+    bridge does (every script and transaction stays in one slot), so callers use one type.
+    """
+    parts = urllib.parse.urlsplit(url)
+    hosts = parts.netloc.rsplit("@", 1)[-1].split(",")
+    nodes = []
+    for host in hosts:
+        split = urllib.parse.urlsplit(f"//{host}")
+        nodes.append(ClusterNode(split.hostname or "127.0.0.1", split.port or 6379))
+    cluster = RedisCluster(
+        startup_nodes=nodes,
+        username=urllib.parse.unquote(parts.username) if parts.username else None,
+        password=urllib.parse.unquote(parts.password) if parts.password else None,
+        ssl=parts.scheme.startswith("rediss"),
+        **options,
+    )
+    return cast(aioredis.Redis, cluster)
+
+
+def connect(url: str, **options: Any) -> aioredis.Redis:
+    """A client for one-off commands (CLI, tests): a cluster or a single server, by the URL."""
+    if is_cluster_url(url):
+        return connect_cluster(url, **options)
+    return aioredis.Redis.from_url(url, **options)
 
 
 def connect_web(url: str) -> aioredis.Redis:
@@ -16,6 +54,14 @@ def connect_web(url: str) -> aioredis.Redis:
     One immediate retry on a connection error replaces a pooled connection that died with a
     restarted server; against a server that is really down the reconnect is refused at once.
     """
+    if is_cluster_url(url):
+        return connect_cluster(
+            url,
+            socket_timeout=1.0,
+            socket_connect_timeout=0.5,
+            retry=Retry(NoBackoff(), 1),
+            max_connections=200,
+        )
     # A blocking pool: under a burst a request waits up to a second for a free connection
     # instead of failing with MaxConnectionsError (a 503) while Redis is healthy.
     pool = aioredis.BlockingConnectionPool.from_url(
@@ -36,6 +82,16 @@ def connect_worker(url: str, *, block_ms: int = 1000, max_connections: int = 512
     blocking stream reads.  The pool waits for a free connection instead of failing when all are
     busy: a burst must slow the worker down, never crash it.
     """
+    if is_cluster_url(url):
+        # Per node; a failover (a replica promoted) is followed by the client's own retries.
+        return connect_cluster(
+            url,
+            max_connections=max_connections,
+            socket_timeout=max(5.0, block_ms / 1000 + 5.0),
+            socket_connect_timeout=2.0,
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), 6),
+            health_check_interval=30,
+        )
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,

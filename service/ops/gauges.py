@@ -24,7 +24,7 @@ from service.core.metrics import (
     WORKERS_ALIVE,
 )
 from service.core.settings import Settings
-from service.ops.status import streams, uci_sessions, workers_alive
+from service.ops.status import partitions_read, streams, uci_sessions, workers_alive
 from service.starface.directory import DirectoryStore
 from subscriptions.scheduler import status as subscription_status
 
@@ -37,7 +37,8 @@ async def refresh_gauges(redis: aioredis.Redis, settings: Settings) -> None:
     Only what the gauges show is read: the full ``status`` report also walks every bridged user.
     """
     now = time.time()
-    for name, info in (await streams(redis, now)).items():
+    partitions = await partitions_read(redis, settings)
+    for name, info in (await streams(redis, now, partitions)).items():
         STREAM_LENGTH.labels(name).set(info["length"])
         STREAM_LAG.labels(name).set(info["lag"])
         STREAM_PENDING.labels(name).set(info["pending"])
@@ -55,7 +56,10 @@ async def refresh_gauges(redis: aioredis.Redis, settings: Settings) -> None:
     DIRECTORY_USERS.set(directory.users)
     DIRECTORY_REFRESHED.set(directory.refreshed_at or 0)
     # Due now and not yet claimed: claiming moves a user out of the due set.
-    RECONCILE_BACKLOG.set(int(await redis.zcount(keys.RECONCILE_DUE, "-inf", now)))
+    backlog = 0
+    for partition in range(partitions):
+        backlog += int(await redis.zcount(keys.reconcile_due(partition), "-inf", now))
+    RECONCILE_BACKLOG.set(backlog)
     WORKERS_ALIVE.set(await workers_alive(redis, now))
 
 

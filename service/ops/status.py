@@ -22,12 +22,26 @@ from service.starface.directory import DirectoryStore
 from service.starface.sessions import SessionStatus
 from subscriptions.scheduler import status as subscription_status
 
-# Streams and the consumer groups that read them.
-STREAMS = (
-    ("presence", keys.PRESENCE_STREAM, keys.WORKER_GROUP),
-    ("call events", keys.CALL_STREAM, keys.CALL_GROUP),
-    ("lifecycle", keys.LIFECYCLE_STREAM, keys.LIFECYCLE_GROUP),
-)
+
+async def partitions_read(redis: aioredis.Redis, settings: Settings) -> int:
+    """How many partitions workers read: the configured count, or more while a larger earlier
+    count still has entries to drain."""
+    most = await redis.hget(keys.PARTITIONS, "max")
+    return max(settings.redis_partitions, int(most) if most else 1)
+
+
+def _streams(partitions: int) -> list[tuple[str, list[str], str]]:
+    """Each kind of stream, the keys it is kept under, and the consumer group that reads it."""
+    every = range(partitions)
+    return [
+        (
+            "presence",
+            [*(keys.presence_stream(p) for p in every), keys.LEGACY_PRESENCE_STREAM],
+            keys.WORKER_GROUP,
+        ),
+        ("call events", [*(keys.call_stream(p) for p in every), keys.LEGACY_CALL_STREAM], keys.CALL_GROUP),
+        ("lifecycle", [keys.LIFECYCLE_STREAM], keys.LIFECYCLE_GROUP),
+    ]
 
 
 def _entry_time(entry_id: str) -> float:
@@ -53,9 +67,20 @@ async def _stream(redis: aioredis.Redis, stream: str, group: str, now: float) ->
     return result
 
 
-async def streams(redis: aioredis.Redis, now: float) -> dict[str, dict[str, Any]]:
-    """Depth, lag, work in progress and oldest pending age of every stream the bridge reads."""
-    return {name: await _stream(redis, key, group, now) for name, key, group in STREAMS}
+async def streams(redis: aioredis.Redis, now: float, partitions: int = 1) -> dict[str, dict[str, Any]]:
+    """Depth, lag, work in progress and oldest pending age of every stream the bridge reads,
+    summed over the partitions (the oldest pending age is the oldest of any partition)."""
+    report: dict[str, dict[str, Any]] = {}
+    for name, stream_keys, group in _streams(partitions):
+        parts = [await _stream(redis, key, group, now) for key in stream_keys]
+        ages = [p["oldest_pending_age"] for p in parts if p["oldest_pending_age"] is not None]
+        report[name] = {
+            "length": sum(p["length"] for p in parts),
+            "pending": sum(p["pending"] for p in parts),
+            "lag": sum(p["lag"] for p in parts),
+            "oldest_pending_age": max(ages, default=None),
+        }
+    return report
 
 
 async def uci_sessions(redis: aioredis.Redis) -> list[SessionStatus]:
@@ -73,7 +98,8 @@ async def collect(redis: aioredis.Redis, settings: Settings, *, now: float | Non
     now = time.time() if now is None else now
     report: dict[str, Any] = {"at": now}
     report["subscriptions"] = await subscription_status(redis, settings.graph_service_accounts)
-    report["streams"] = await streams(redis, now)
+    report["partitions"] = await partitions_read(redis, settings)
+    report["streams"] = await streams(redis, now, report["partitions"])
     report["dead_letters"] = int(await redis.xlen(keys.DEAD_LETTER_STREAM))
     last_dead: Any = await redis.xrevrange(keys.DEAD_LETTER_STREAM, count=3)
     report["last_dead_letters"] = [

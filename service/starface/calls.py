@@ -15,7 +15,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from service.core import keys
+from service.core.partitions import Partitions
 
 
 class CallFormatError(Exception):
@@ -139,8 +139,8 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-async def append_call(redis: aioredis.Redis, event: CallEvent, maxlen: int) -> str:
-    """Queue ``event`` on the call stream, whether a callback or a recovery read brought it."""
+async def append_call(redis: aioredis.Redis, partitions: Partitions, event: CallEvent, maxlen: int) -> str:
+    """Queue ``event`` on its login's call stream, whether a callback or a recovery read brought it."""
     fields: Any = event.to_fields()
-    entry_id = await redis.xadd(keys.CALL_STREAM, fields, maxlen=maxlen, approximate=True)
+    entry_id = await redis.xadd(partitions.call_stream(event.login), fields, maxlen=maxlen, approximate=True)
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)

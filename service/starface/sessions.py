@@ -37,6 +37,7 @@ from redis.exceptions import RedisError
 
 from service.core import keys, metrics
 from service.core.circuit import Circuit, probe_http
+from service.core.partitions import Partitions
 from service.core.secretbox import SealError, SecretBox
 from service.core.settings import Settings, reveal
 from service.core.storage import decoded
@@ -168,6 +169,7 @@ class SessionManager:
             raise ValueError("STARFACE_BASE_URL is needed for UCI sessions")
         self.redis = redis
         self.settings = settings
+        self.partitions = Partitions(settings.redis_partitions)
         self.http = http
         self.box = SecretBox.from_settings(settings)
         self.credentials = credentials or CredentialStore(redis, self.box)
@@ -518,7 +520,7 @@ class SessionManager:
             for call_id in call_ids[:MAX_RECOVERED_CALLS]:
                 struct = await client.call_state(call_id)
                 event = CallEvent.from_call_state(login, struct, source="recovered")
-                await append_call(self.redis, event, self.settings.presence_stream_maxlen)
+                await append_call(self.redis, self.partitions, event, self.settings.presence_stream_maxlen)
             for call_id in await self._ended_unseen(login, set(call_ids), asked_at):
                 ended = CallEvent(
                     login=login,
@@ -528,7 +530,7 @@ class SessionManager:
                     received_at=time.time(),
                     source="recovered",
                 )
-                await append_call(self.redis, ended, self.settings.presence_stream_maxlen)
+                await append_call(self.redis, self.partitions, ended, self.settings.presence_stream_maxlen)
         except (GatewayError, CallFormatError) as exc:
             # A PBX without these methods, or an answer of another shape: the next callback tells.
             log.info("calls in progress of login %s not read after login: %s", login, exc)

@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from service.bridge.streams import append_lifecycle_batch, append_presence_batch
 from service.core import keys, metrics
+from service.core.partitions import Partitions
 from service.core.secretbox import SealError
 from service.graph.certificates import CertificateStore
 from service.graph.clientstate import ClientStates, matches
@@ -54,6 +55,7 @@ class Ingest:
     tenant_id: str
     max_bytes: int
     stream_maxlen: int
+    partitions: Partitions
 
 
 def _plain(status: int, text: str) -> PlainTextResponse:
@@ -174,7 +176,7 @@ async def _notifications(request: Request) -> Response:
     try:
         changes = await _decode(items, payload.get("validationTokens"), ingest, dropped, received_at)
         if changes:
-            await append_presence_batch(ingest.redis, changes, ingest.stream_maxlen)
+            await append_presence_batch(ingest.redis, ingest.partitions, changes, ingest.stream_maxlen)
             metrics.NOTIFICATION_ITEMS.labels("accepted").inc(len(changes))
         await _count(ingest.redis, dropped)
     except (RedisError, OSError) as exc:

@@ -35,6 +35,7 @@ from service.bridge.streams import append_presence_batch  # noqa: E402
 from service.bridge.worker import PresenceWorker  # noqa: E402
 from service.core import keys  # noqa: E402
 from service.core.embedded import EmbeddedValkey, free_port  # noqa: E402
+from service.core.partitions import Partitions  # noqa: E402
 from service.core.secretbox import SecretBox  # noqa: E402
 from service.core.settings import Settings  # noqa: E402
 from service.core.storage import connect_worker  # noqa: E402
@@ -299,14 +300,14 @@ async def main(seconds: float, overload: bool) -> None:
         web_proc.terminate()
         web_proc.wait()
 
-    await redis.delete(keys.PRESENCE_STREAM)
+    await redis.delete(keys.presence_stream(0))
     total = 50_000
     changes = [
         PresenceChange(f"user-{i % 5000}", "Busy", "InACall", sequence=f"{i:020d}", received_at=float(i))
         for i in range(total)
     ]
     for chunk in range(0, total, 1000):
-        await append_presence_batch(redis, changes[chunk : chunk + 1000], 10_000_000)
+        await append_presence_batch(redis, Partitions(), changes[chunk : chunk + 1000], 10_000_000)
     settings = Settings.from_env(
         {
             "REDIS_URL": valkey.url,
@@ -319,7 +320,7 @@ async def main(seconds: float, overload: bool) -> None:
         env_file=None,
     )
     os.sched_setaffinity(0, {CORES[0]})
-    worker = PresenceWorker(redis, settings, block_ms=10)
+    worker = PresenceWorker(redis, settings, Partitions(), block_ms=10)
     started = time.perf_counter()
     handled = await worker.drain()
     elapsed = time.perf_counter() - started

@@ -71,7 +71,7 @@ async def callback_server(redis_url: str, settings: Settings) -> AsyncIterator[s
 async def bench_callbacks(redis_url: str, events: int, concurrency: int) -> None:
     settings = settings_for(redis_url)
     client = aioredis.Redis.from_url(redis_url)
-    await client.delete(keys.CALL_STREAM)
+    await client.delete(keys.call_stream(0))
     token = secrets.token_urlsafe(32)
     await callback_tokens.register_token(client, token, "0001")
     states = ["RINGING", "CONNECTED", "HANGUP"]
@@ -102,7 +102,7 @@ async def bench_callbacks(redis_url: str, events: int, concurrency: int) -> None
             started = time.perf_counter()
             await asyncio.gather(*(worker() for _ in range(concurrency)))
             elapsed = time.perf_counter() - started
-    stored = await client.xlen(keys.CALL_STREAM)
+    stored = await client.xlen(keys.call_stream(0))
     await client.aclose()
     print(
         f"callbacks: {events} events, concurrency {concurrency}: {elapsed:.2f} s, "

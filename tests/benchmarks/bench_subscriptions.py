@@ -165,7 +165,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
         _print(
             "subscription state per 1,000 users (MEMORY USAGE)", f"{total / args.users * 1000 / 1024:.1f} KiB"
         )
-        stream = int(await redis.memory_usage(keys.PRESENCE_STREAM, samples=0) or 0)
+        stream = int(await redis.memory_usage(keys.presence_stream(0), samples=0) or 0)
         _print(
             "presence stream per 1,000 queued resync entries",
             f"{stream / (2 * args.users) * 1000 / 1024:.1f} KiB",

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.core import keys
+from service.core.partitions import Partitions
 from service.graph.presence import PresenceChange, TeamsPresence
 from service.starface.gateway import StarfaceUnavailable, UserState
 
@@ -147,7 +148,13 @@ class Harness:
     call stream -> reconciler, all on a real Valkey; ``pump`` drains everything (burst mode)."""
 
     def __init__(
-        self, redis: Any, settings: Any, clock: FakeClock, mapping: Any = None, **options: Any
+        self,
+        redis: Any,
+        settings: Any,
+        clock: FakeClock,
+        mapping: Any = None,
+        partitions: int = 1,
+        **options: Any,
     ) -> None:
         from service.bridge.mapping import default_mapping
 
@@ -158,13 +165,14 @@ class Harness:
         self.graph = ModelGraph(clock=clock)
         self.mapping = mapping or default_mapping("de")
         self.options = options
+        self.partitions = Partitions(partitions)
         self._call_seq = 0
         self.restart()
 
     def restart(self) -> None:
         """A new reconciler and worker process: only Redis and the outside systems survive."""
         from service.bridge.reconciler import Reconciler
-        from service.bridge.streams import StreamConsumer
+        from service.bridge.streams import PartitionedConsumer
         from service.bridge.worker import PresenceWorker
 
         self.reconciler = Reconciler(
@@ -172,15 +180,16 @@ class Harness:
             mapping=self.mapping,
             starface=self.starface,
             teams=self.graph,
+            partitions=self.partitions,
             clock=self.clock,
             **self.options,
         )
         self.worker = PresenceWorker(
-            self.redis, self.settings, block_ms=5, listeners=[self.reconciler.on_presence]
+            self.redis, self.settings, self.partitions, block_ms=5, listeners=[self.reconciler.on_presence]
         )
-        self.calls = StreamConsumer(
+        self.calls = PartitionedConsumer(
             self.redis,
-            keys.CALL_STREAM,
+            self.partitions.call_streams(),
             keys.CALL_GROUP,
             self.reconciler.handle_calls,
             block_ms=5,
@@ -202,14 +211,14 @@ class Harness:
         event = CallEvent(
             login=login, call_id=call_id, state=state, time=self.clock(), received_at=self.clock()
         )
-        await self.redis.xadd(keys.CALL_STREAM, event.to_fields())
+        await self.redis.xadd(self.partitions.call_stream(login), event.to_fields())
 
     async def deliver(self, changes: list[PresenceChange] | None = None) -> None:
         from service.bridge.streams import append_presence_batch
 
         batch = self.graph.outbox if changes is None else changes
         if batch:
-            await append_presence_batch(self.redis, list(batch), 1_000_000)
+            await append_presence_batch(self.redis, self.partitions, list(batch), 1_000_000)
         if changes is None:
             self.graph.outbox = []
 

@@ -12,7 +12,7 @@ from service.bridge.deadletters import DeadLetters, UnknownDeadLetter
 from service.bridge.streams import Entry, StreamConsumer
 from service.core import keys
 
-STREAM, GROUP = keys.PRESENCE_STREAM, keys.WORKER_GROUP
+STREAM, GROUP = keys.presence_stream(0), keys.WORKER_GROUP
 
 
 def consumer(redis: aioredis.Redis, *, healthy: set[str]) -> StreamConsumer:

@@ -8,11 +8,15 @@ import redis.asyncio as aioredis
 from service.bridge.due import Schedule
 from service.bridge.mapping import load_mapping
 from service.bridge.reconciler import Reconciler
+from service.core.partitions import Partitions
 from tests.bridge.harness import ModelGraph, RecordingStarface
 
 
 async def test_one_writer_per_user_and_bursts_collapse(redis_client: aioredis.Redis) -> None:
-    a, b = Schedule(redis_client, hold_seconds=30), Schedule(redis_client, hold_seconds=30)
+    a, b = (
+        Schedule(redis_client, Partitions(), hold_seconds=30),
+        Schedule(redis_client, Partitions(), hold_seconds=30),
+    )
     await a.mark(["u1", "u2"], at=100.0)
     await a.mark(["u1"], at=100.0)  # a second event for u1 is the same work
     first, second = await asyncio.gather(a.claim(101.0), b.claim(101.0))
@@ -26,7 +30,7 @@ async def test_one_writer_per_user_and_bursts_collapse(redis_client: aioredis.Re
 
 
 async def test_release_keeps_the_earlier_due_time(redis_client: aioredis.Redis) -> None:
-    schedule = Schedule(redis_client, hold_seconds=30)
+    schedule = Schedule(redis_client, Partitions(), hold_seconds=30)
     await schedule.mark(["u1"], at=10.0)
     assert await schedule.claim(10.0) == ["u1"]
     await schedule.mark(["u1"], at=12.0)
@@ -36,7 +40,10 @@ async def test_release_keeps_the_earlier_due_time(redis_client: aioredis.Redis) 
 
 
 async def test_a_dead_holder_is_taken_over_after_its_hold(redis_client: aioredis.Redis) -> None:
-    dead, alive = Schedule(redis_client, hold_seconds=30), Schedule(redis_client, hold_seconds=30)
+    dead, alive = (
+        Schedule(redis_client, Partitions(), hold_seconds=30),
+        Schedule(redis_client, Partitions(), hold_seconds=30),
+    )
     await dead.mark(["u1"], at=0.0)
     assert await dead.claim(1.0) == ["u1"]
     assert await alive.claim(20.0) == []
@@ -44,13 +51,13 @@ async def test_a_dead_holder_is_taken_over_after_its_hold(redis_client: aioredis
 
 
 async def test_extend_pushes_only_claims_still_held_and_never_shortens(redis_client: aioredis.Redis) -> None:
-    schedule = Schedule(redis_client, hold_seconds=10)
+    schedule = Schedule(redis_client, Partitions(), hold_seconds=10)
     await schedule.mark(["u1", "u2"], at=0.0)
     assert sorted(await schedule.claim(1.0)) == ["u1", "u2"]  # held until 11
     await schedule.release("u2", next_due=None)
     await schedule.extend(["u1", "u2", "u3"], deadline=25.0)
     await schedule.extend(["u1"], deadline=5.0)  # an older keeper's write cannot shorten it
-    other = Schedule(redis_client, hold_seconds=10)
+    other = Schedule(redis_client, Partitions(), hold_seconds=10)
     await other.mark(["u2"], at=0.0)
     assert await other.claim(20.0) == ["u2"]  # u2 was released, u3 never claimed: not extended
     assert await other.claim(24.0) == []  # u1's claim lasts until 25 ...
@@ -63,6 +70,7 @@ async def test_a_live_reconciler_keeps_extending_the_claims_it_works_on(redis_cl
         mapping=load_mapping(None),
         starface=RecordingStarface(),
         teams=ModelGraph(),
+        partitions=Partitions(),
         hold_seconds=0.6,
     )
     reconciler.held.add("u1")  # as while its reconcile waits on a slow PBX
@@ -71,8 +79,8 @@ async def test_a_live_reconciler_keeps_extending_the_claims_it_works_on(redis_cl
     keeper = asyncio.create_task(reconciler._keep_claims())
     try:
         await asyncio.sleep(1.5)  # well past the hold: the live process keeps the user
-        assert await Schedule(redis_client, hold_seconds=0.6).claim(time.time()) == []
+        assert await Schedule(redis_client, Partitions(), hold_seconds=0.6).claim(time.time()) == []
     finally:
         keeper.cancel()
     await asyncio.sleep(0.8)  # the process stopped extending (as if it died): taken over
-    assert await Schedule(redis_client, hold_seconds=0.6).claim(time.time()) == ["u1"]
+    assert await Schedule(redis_client, Partitions(), hold_seconds=0.6).claim(time.time()) == ["u1"]

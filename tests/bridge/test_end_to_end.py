@@ -143,12 +143,12 @@ async def test_a_long_retry_after_on_set_presence_never_leaves_a_stale_busy(
         # The reconcile gives the user back at once, due when Graph said, instead of sleeping
         # inside its claim on the user.
         async def given_back() -> tuple[bool, str]:
-            held = await redis.zscore(keys.RECONCILE_INFLIGHT, user_id)
-            due = await redis.zscore(keys.RECONCILE_DUE, user_id)
+            held = await redis.zscore(keys.reconcile_inflight(0), user_id)
+            due = await redis.zscore(keys.reconcile_due(0), user_id)
             return held is None and due is not None, f"in flight {held}, due {due}"
 
         await world.wait_for("the throttled user released", given_back, 10)
-        due = await redis.zscore(keys.RECONCILE_DUE, user_id)
+        due = await redis.zscore(keys.reconcile_due(0), user_id)
         assert world.graph is not None
         assert due is not None
         assert due >= world.graph.clock.now() + 100
@@ -220,7 +220,7 @@ async def test_sigkilled_worker_mid_burst_loses_nothing_and_never_flaps(
         for person in world.people:
             await world.set_teams(person, "Busy", "InACall")
         for _ in range(100):
-            pending = await redis.xpending(keys.PRESENCE_STREAM, keys.WORKER_GROUP)
+            pending = await redis.xpending(keys.presence_stream(0), keys.WORKER_GROUP)
             if pending["pending"]:
                 break
             await asyncio.sleep(0.01)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -20,7 +21,7 @@ DND = TeamsPresence("DoNotDisturb", "DoNotDisturb")
 
 
 async def harness(
-    redis: aioredis.Redis, make_settings: Callable[..., Settings], clock: FakeClock, **options: object
+    redis: aioredis.Redis, make_settings: Callable[..., Settings], clock: FakeClock, **options: Any
 ) -> Harness:
     h = Harness(redis, make_settings(WORKER_CLAIM_IDLE_MS=1), clock, **options)
     await h.link(USER, LOGIN)

@@ -19,6 +19,7 @@ from service.bridge.observed import ObservedStore, Outcome
 from service.bridge.streams import append_presence_batch
 from service.bridge.worker import PresenceWorker
 from service.core import keys
+from service.core.partitions import Partitions
 from service.core.settings import Settings
 from service.core.storage import connect_worker
 from service.graph.presence import PresenceChange
@@ -29,7 +30,7 @@ USER = "0f6d3a1e-0000-4000-8000-00000000abcd"
 
 
 def worker(redis: aioredis.Redis, settings: Settings, **kwargs: Any) -> PresenceWorker:
-    return PresenceWorker(redis, settings, block_ms=10, **kwargs)
+    return PresenceWorker(redis, settings, Partitions(), block_ms=10, **kwargs)
 
 
 async def test_end_to_end_out_of_order_and_duplicates_newest_wins(bridge: Bridge) -> None:
@@ -63,7 +64,7 @@ async def test_end_to_end_out_of_order_and_duplicates_newest_wins(bridge: Bridge
         2,
         6,
     )
-    pending = await bridge.redis.xpending(keys.PRESENCE_STREAM, keys.WORKER_GROUP)
+    pending = await bridge.redis.xpending(keys.presence_stream(0), keys.WORKER_GROUP)
     assert pending["pending"] == 0
 
 
@@ -75,7 +76,7 @@ async def test_without_sequence_the_later_receipt_wins(
         PresenceChange(USER, "Available", "Available", received_at=100.0),
         PresenceChange(USER, "Busy", "InACall", received_at=300.0),
     ]
-    await append_presence_batch(redis_client, changes, 1000)
+    await append_presence_batch(redis_client, Partitions(), changes, 1000)
     w = worker(redis_client, make_settings())
     await w.drain()
     observed = await ObservedStore(redis_client).get(USER)
@@ -92,7 +93,10 @@ async def test_listeners_hear_every_change_after_it_is_stored(
         heard.extend(c.sequence or "" for c in changes)
 
     await append_presence_batch(
-        redis_client, [PresenceChange(USER, "Busy", "Busy", sequence=s) for s in ("2", "1", "2", "10")], 1000
+        redis_client,
+        Partitions(),
+        [PresenceChange(USER, "Busy", "Busy", sequence=s) for s in ("2", "1", "2", "10")],
+        1000,
     )
     await worker(redis_client, make_settings(), listeners=[listener]).drain()
     assert heard == ["2", "1", "2", "10"]  # stale and duplicate ones too, in stream order
@@ -101,8 +105,10 @@ async def test_listeners_hear_every_change_after_it_is_stored(
 async def test_poison_entry_moves_to_dead_letters_after_n_deliveries(
     redis_client: aioredis.Redis, make_settings: Callable[..., Settings]
 ) -> None:
-    await redis_client.xadd(keys.PRESENCE_STREAM, {"change": "{not json"})
-    await append_presence_batch(redis_client, [PresenceChange(USER, "Away", "Away", sequence="1")], 1000)
+    await redis_client.xadd(keys.presence_stream(0), {"change": "{not json"})
+    await append_presence_batch(
+        redis_client, Partitions(), [PresenceChange(USER, "Away", "Away", sequence="1")], 1000
+    )
     w = worker(redis_client, make_settings(WORKER_MAX_DELIVERIES=3, WORKER_CLAIM_IDLE_MS=1))
     await w.drain()
     for _ in range(5):  # each round reclaims the failed entry once it has been idle a moment
@@ -114,7 +120,7 @@ async def test_poison_entry_moves_to_dead_letters_after_n_deliveries(
     assert fields["deliveries"] == "3"
     assert "unreadable stream entry" in fields["reason"]
     assert json.loads(fields["fields"]) == {"change": "{not json"}
-    assert (await redis_client.xpending(keys.PRESENCE_STREAM, keys.WORKER_GROUP))["pending"] == 0
+    assert (await redis_client.xpending(keys.presence_stream(0), keys.WORKER_GROUP))["pending"] == 0
     assert (await ObservedStore(redis_client).get(USER)) is not None
 
 
@@ -122,7 +128,7 @@ async def test_dead_letters_are_bounded_by_the_setting(
     redis_client: aioredis.Redis, make_settings: Callable[..., Settings]
 ) -> None:
     for i in range(5):
-        await redis_client.xadd(keys.PRESENCE_STREAM, {"change": f"{{not json {i}"})
+        await redis_client.xadd(keys.presence_stream(0), {"change": f"{{not json {i}"})
     settings = make_settings(WORKER_MAX_DELIVERIES=1, DEAD_LETTER_MAX_ENTRIES=2, DEAD_LETTER_MAX_AGE_DAYS=1)
     await worker(redis_client, settings).drain()
     dead = await stream_entries(redis_client, keys.DEAD_LETTER_STREAM)
@@ -140,18 +146,20 @@ async def test_handler_failure_is_retried_not_lost(
         if calls == 1:
             raise RuntimeError("downstream hiccup")
 
-    await append_presence_batch(redis_client, [PresenceChange(USER, "Busy", "Busy", sequence="1")], 1000)
+    await append_presence_batch(
+        redis_client, Partitions(), [PresenceChange(USER, "Busy", "Busy", sequence="1")], 1000
+    )
     w = worker(redis_client, make_settings(WORKER_CLAIM_IDLE_MS=1), listeners=[flaky])
     await w.drain()
     time.sleep(0.005)
     await w.drain()
-    assert (await redis_client.xpending(keys.PRESENCE_STREAM, keys.WORKER_GROUP))["pending"] == 0
+    assert (await redis_client.xpending(keys.presence_stream(0), keys.WORKER_GROUP))["pending"] == 0
     assert await redis_client.xlen(keys.DEAD_LETTER_STREAM) == 0
 
 
 async def _pending(redis: aioredis.Redis) -> int:
     try:
-        return int((await redis.xpending(keys.PRESENCE_STREAM, keys.WORKER_GROUP))["pending"])
+        return int((await redis.xpending(keys.presence_stream(0), keys.WORKER_GROUP))["pending"])
     except ResponseError:  # the subprocess has not created the group yet
         return 0
 
@@ -165,7 +173,7 @@ async def test_sigkilled_worker_leaves_nothing_behind(
     changes = [
         PresenceChange(f"user-{i}", "Busy", "InACall", sequence="1", received_at=1.0) for i in range(users)
     ]
-    await append_presence_batch(redis, changes, 10_000_000)
+    await append_presence_batch(redis, Partitions(), changes, 10_000_000)
     env = dict(
         os.environ,
         REDIS_URL=redis_url,
@@ -204,7 +212,7 @@ async def test_sigkilled_worker_leaves_nothing_behind(
     survivor = worker(redis, make_settings(WORKER_CLAIM_IDLE_MS=1, WORKER_BATCH=500))
     time.sleep(0.005)
     await survivor.drain()
-    assert (await redis.xpending(keys.PRESENCE_STREAM, keys.WORKER_GROUP))["pending"] == 0
+    assert (await redis.xpending(keys.presence_stream(0), keys.WORKER_GROUP))["pending"] == 0
     assert survivor.consumer.reclaimed == held
     store = ObservedStore(redis)
     missing = [i for i in range(users) if await store.get(f"user-{i}") is None]

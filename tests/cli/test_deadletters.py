@@ -21,7 +21,7 @@ def _dead(redis_url: str, *reasons: str) -> list[str]:
                 client.xadd(
                     keys.DEAD_LETTER_STREAM,
                     {
-                        "stream": keys.PRESENCE_STREAM,
+                        "stream": keys.presence_stream(0),
                         "entry_id": "1-0",
                         "reason": reason,
                         "deliveries": "5",
@@ -54,7 +54,7 @@ def test_list_replay_and_purge(redis_url: str, tmp_path: Path) -> None:
     assert replayed.returncode == 0, describe(replayed)
     client = redis.Redis.from_url(redis_url)
     try:
-        entries: Any = client.xrange(keys.PRESENCE_STREAM)
+        entries: Any = client.xrange(keys.presence_stream(0))
         [(_, fields)] = entries
         assert fields[b"change"] == b"{not json"
         assert fields[b"dead_letter_deliveries"] == b"5"

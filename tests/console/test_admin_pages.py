@@ -74,7 +74,7 @@ async def test_dead_letters_list_replay_and_purge(
         for number in range(3):
             deadletters.add(
                 pipe,
-                stream=keys.CALL_STREAM,
+                stream=keys.call_stream(0),
                 entry_id=f"1-{number}",
                 reason="bad call event <b>",
                 deliveries=5,

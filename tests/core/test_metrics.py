@@ -46,7 +46,7 @@ async def test_metrics_are_served_on_their_own_port(bridge: Bridge) -> None:
 
 async def test_gauges_describe_redis(redis_client: aioredis.Redis, settings_for_gauges: Settings) -> None:
     await redis_client.xadd(keys.DEAD_LETTER_STREAM, {"reason": "x"})
-    await redis_client.xadd(keys.PRESENCE_STREAM, {"change": "{}"})
+    await redis_client.xadd(keys.presence_stream(0), {"change": "{}"})
     await refresh_gauges(redis_client, settings_for_gauges)
     port = free_port()
     serve_metrics(port)
@@ -69,7 +69,7 @@ async def test_gauges_show_sessions_directory_backlog_workers_and_expiry(
     users = (StarfaceUser(1, "0001", "anna@example.com"), StarfaceUser(2, "0002", "bob@example.com"))
     await DirectoryStore(redis_client).save(Selection(users, ()), refreshed_at=now - 60)
     # Two users due already, one only later: the backlog is what is due now.
-    await redis_client.zadd(keys.RECONCILE_DUE, {"u1": now - 5, "u2": now - 1, "u3": now + 3600})
+    await redis_client.zadd(keys.reconcile_due(0), {"u1": now - 5, "u2": now - 1, "u3": now + 3600})
     # One worker beating, one that stopped long ago.
     await redis_client.zadd(keys.LIVE_WORKERS, {"w1": now, "w2": now - 3600})
     await SubscriptionRecords(redis_client).put(SubscriptionRecord(ACCOUNT, id="s1", expires_at=now + 3000))

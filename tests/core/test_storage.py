@@ -6,6 +6,7 @@ from pathlib import Path
 from service.bridge.streams import Entry, StreamConsumer, append_presence_batch
 from service.core import keys
 from service.core.embedded import EmbeddedValkey
+from service.core.partitions import Partitions
 from service.core.storage import connect_worker
 from service.graph.presence import PresenceChange
 
@@ -30,11 +31,11 @@ async def test_a_consumer_loop_outlives_a_redis_restart(tmp_path: Path) -> None:
         handled.extend(PresenceChange.from_fields(e.fields).user_id for e in entries)
         return {}
 
-    consumer = StreamConsumer(redis, keys.PRESENCE_STREAM, "g", handler, block_ms=50)
+    consumer = StreamConsumer(redis, keys.presence_stream(0), "g", handler, block_ms=50)
     stopped = asyncio.Event()
     loop = asyncio.create_task(consumer.run_forever(stopped.is_set))
     try:
-        await append_presence_batch(redis, [PresenceChange("before", "Away", "Away")], 1000)
+        await append_presence_batch(redis, Partitions(), [PresenceChange("before", "Away", "Away")], 1000)
         for _ in range(100):
             if handled:
                 break
@@ -43,7 +44,7 @@ async def test_a_consumer_loop_outlives_a_redis_restart(tmp_path: Path) -> None:
         await asyncio.sleep(2.0)  # longer than the client's own retries: the loop itself must keep trying
         assert not loop.done()
         server.start()
-        await append_presence_batch(redis, [PresenceChange("after", "Away", "Away")], 1000)
+        await append_presence_batch(redis, Partitions(), [PresenceChange("after", "Away", "Away")], 1000)
         for _ in range(400):
             if "after" in handled:
                 break

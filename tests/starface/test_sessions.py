@@ -314,7 +314,7 @@ async def test_calls_in_progress_at_login_are_queued_like_callbacks(env: Env) ->
     env.pbx.answer(call_id, wait=False)
     await env.manager.sync(["0001", "0002"], now=env.t0)
     await env.manager.run_due(env.t0)
-    entries: Any = await env.redis.xrange(keys.CALL_STREAM)
+    entries: Any = await env.redis.xrange(keys.call_stream(0))
     events = [CallEvent.from_fields({k.decode(): v.decode() for k, v in f.items()}) for _, f in entries]
     assert [(e.login, e.call_id, e.state, e.source) for e in events] == [
         ("0001", call_id, "CONNECTED", "recovered")
@@ -414,7 +414,7 @@ async def test_a_call_the_pbx_no_longer_has_gets_its_missed_hangup_at_login(env:
     await env.redis.hset(keys.user_calls(user_id), mapping={"new-call": f"RINGING|{time.time() + 60}"})
     await env.manager.sync(["0001"], now=env.t0)
     await env.manager.run_due(env.t0)
-    entries: Any = await env.redis.xrange(keys.CALL_STREAM)
+    entries: Any = await env.redis.xrange(keys.call_stream(0))
     events = [CallEvent.from_fields({k.decode(): v.decode() for k, v in f.items()}) for _, f in entries]
     assert [(e.login, e.call_id, e.state, e.source) for e in events] == [
         ("0001", "old-call", "HANGUP", "recovered")

@@ -101,7 +101,7 @@ async def test_deleted_subscription_is_recreated_and_resynced(subscription_world
     await world.run_pass()
     [old] = world.sandbox_subscriptions()
     world.handle.control("DELETE", f"/subscriptions/{old['id']}")
-    await world.redis.delete(keys.PRESENCE_STREAM)
+    await world.redis.delete(keys.presence_stream(0))
     # Graph does not announce a deletion: the periodic existence check (every 5 minutes) finds it
     # long before the renewal would.
     world.handle.advance(6 * 60)
@@ -118,7 +118,7 @@ async def test_expired_subscription_is_recreated_and_resynced(subscription_world
     await world.run_pass()
     [old] = world.sandbox_subscriptions()
     world.handle.control("POST", f"/subscriptions/{old['id']}/expire")
-    await world.redis.delete(keys.PRESENCE_STREAM)
+    await world.redis.delete(keys.presence_stream(0))
     # Nothing yet: the existence check is not due and the renewal is far away.
     assert [o.action for o in (await world.run_pass()).outcomes] == [Action.NONE]
     # Renewal time: the PATCH gets 404, and the subscription is created anew.
@@ -157,7 +157,7 @@ async def test_adding_a_user_recreates_only_their_shard(subscription_world: Worl
     world = await subscription_world(users=1301, accounts=3, pre_resolved=True)
     await world.run_pass()
     before = {s["creatorId"]: s for s in world.sandbox_subscriptions()}
-    await world.redis.delete(keys.PRESENCE_STREAM)
+    await world.redis.delete(keys.presence_stream(0))
     [email] = world.add_users(1)
     report = await world.run_pass()
     changed = [o for o in report.outcomes if o.action is not Action.NONE]

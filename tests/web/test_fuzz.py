@@ -261,7 +261,7 @@ async def test_callback_endpoint_never_answers_5xx(
     assert not _traced(tracebacks)
     assert _rss_mib() < MAX_RSS_MIB
     # Only events with a usable id ever reach the stream; each entry reads back as a call event.
-    entries: Any = await redis.xrange(keys.CALL_STREAM, count=1000)
+    entries: Any = await redis.xrange(keys.call_stream(0), count=1000)
     for _, fields in entries:
         raw = json.loads(fields[b"call"])
         assert isinstance(raw["call_id"], str)

@@ -47,7 +47,7 @@ async def test_round_trip_to_the_stream(bridge: Bridge) -> None:
     response = await bridge.post(bridge.notifications.body([item]))
     assert response.status_code == 202
     assert response.content == b""
-    entries = await stream_entries(bridge.redis, keys.PRESENCE_STREAM)
+    entries = await stream_entries(bridge.redis, keys.presence_stream(0))
     assert len(entries) == 1
     change = PresenceChange.from_fields(entries[0][1])
     assert (change.user_id, change.availability, change.activity) == (USER, "Busy", "InACall")
@@ -76,7 +76,7 @@ async def test_status_message_and_unknown_strings_pass_through(bridge: Bridge) -
     }
     item = bridge.notifications.item(sub, bridge.certificate, USER, resource=resource)
     assert (await bridge.post(bridge.notifications.body([item]))).status_code == 202
-    entry = (await stream_entries(bridge.redis, keys.PRESENCE_STREAM))[0][1]
+    entry = (await stream_entries(bridge.redis, keys.presence_stream(0)))[0][1]
     change = PresenceChange.from_fields(entry)
     assert (change.availability, change.activity, change.status_message) == (
         "Focusing",

@@ -82,7 +82,7 @@ def call_state(call_id: str, state: str, full: bool = True, ns: str = "v30") -> 
 
 
 async def stream(redis_client: aioredis.Redis) -> list[CallEvent]:
-    entries: Any = await redis_client.xrange(keys.CALL_STREAM)
+    entries: Any = await redis_client.xrange(keys.call_stream(0))
     return [CallEvent.from_fields({k.decode(): v.decode() for k, v in f.items()}) for _, f in entries]
 
 
@@ -135,7 +135,7 @@ async def test_other_methods_are_answered_politely_and_ignored(
     status, body = await post(http, endpoint(base), xmlrpc.dumps_call(method, [{"id": "x"}]))
     assert status == 200
     assert xmlrpc.parse_response(body) is True
-    assert await redis_client.xlen(keys.CALL_STREAM) == 0
+    assert await redis_client.xlen(keys.call_stream(0)) == 0
 
 
 @pytest.mark.parametrize(
@@ -147,7 +147,7 @@ async def test_unknown_token_is_a_bare_404(
     status, body = await post(http, endpoint(base, token), call_state("c", "RINGING"))
     assert status == 404
     assert body == b""
-    assert await redis_client.xlen(keys.CALL_STREAM) == 0
+    assert await redis_client.xlen(keys.call_stream(0)) == 0
 
 
 BILLION_LAUGHS = b"""<?xml version="1.0"?>
@@ -195,7 +195,7 @@ async def test_a_call_event_the_bridge_cannot_use_is_acknowledged_counted_and_no
     status, answer = await post(http, endpoint(base), body)
     assert status == 200
     assert xmlrpc.parse_response(answer) is True
-    assert await redis_client.xlen(keys.CALL_STREAM) == 0
+    assert await redis_client.xlen(keys.call_stream(0)) == 0
     assert await redis_client.hget(keys.UCI_CALLBACK_REFUSED, "bad_call_state") == b"1"
 
 
@@ -246,11 +246,11 @@ async def test_hostile_or_malformed_bodies_are_refused_and_nothing_is_queued(
     assert b"Traceback" not in answer
     assert b"passwd" not in answer
     assert b"lollol" not in answer
-    assert await redis_client.xlen(keys.CALL_STREAM) == 0
+    assert await redis_client.xlen(keys.call_stream(0)) == 0
     # The server is fine afterwards.
     status, _ = await post(http, endpoint(base), call_state("after", "RINGING"))
     assert status == 200
-    assert await redis_client.xlen(keys.CALL_STREAM) == 1
+    assert await redis_client.xlen(keys.call_stream(0)) == 1
     refused = await redis_client.hgetall(keys.UCI_CALLBACK_REFUSED)
     assert sum(int(v) for v in refused.values()) == 1
 
@@ -265,7 +265,7 @@ async def test_oversized_body_is_refused_with_content_length(
 ) -> None:
     status, _ = await post(http, endpoint(base), _oversized())
     assert status == 413
-    assert await redis_client.xlen(keys.CALL_STREAM) == 0
+    assert await redis_client.xlen(keys.call_stream(0)) == 0
 
 
 async def test_oversized_chunked_body_is_refused_while_streaming(
@@ -282,7 +282,7 @@ async def test_oversized_chunked_body_is_refused_while_streaming(
     except aiohttp.ClientError:
         status = 413  # the server may close the connection before reading the rest
     assert status == 413
-    assert await redis_client.xlen(keys.CALL_STREAM) == 0
+    assert await redis_client.xlen(keys.call_stream(0)) == 0
     status, _ = await post(http, endpoint(base), call_state("after", "RINGING"))
     assert status == 200
 
@@ -325,11 +325,11 @@ async def test_redis_failing_between_lookup_and_append_answers_503(
         try:
             await callback_tokens.register_token(client, TOKEN, LOGIN)
             # A stream key of the wrong type makes XADD fail while the token lookup works.
-            await client.set(keys.CALL_STREAM, "not a stream")
+            await client.set(keys.call_stream(0), "not a stream")
             status, _ = await post(http, endpoint(url), call_state("c", "RINGING"))
             assert status == 503
         finally:
-            await client.delete(keys.CALL_STREAM)
+            await client.delete(keys.call_stream(0))
             await client.aclose()
 
 
@@ -358,7 +358,7 @@ async def test_a_client_leaving_mid_body_leaves_no_traceback(
     finally:
         uvicorn_error.removeHandler(caplog.handler)
     assert [r.getMessage() for r in caplog.records if r.exc_info] == []
-    assert await redis_client.xlen(keys.CALL_STREAM) == 0
+    assert await redis_client.xlen(keys.call_stream(0)) == 0
 
 
 async def test_callbacks_are_counted_by_outcome_in_prometheus(

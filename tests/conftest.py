@@ -18,6 +18,7 @@ pytest_plugins = [
     "tests.fixtures.graph_sandbox",
     "tests.fixtures.starface_sandbox",
     "tests.fixtures.subscription_world",
+    "tests.fixtures.cluster",
 ]
 
 SECRET_KEY = "test-secret-key-0123456789abcdefghijklmnop"

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from service.core import keys
 from service.core.partitions import Partitions
-from service.core.storage import decoded
+from service.core.storage import decoded, run_scripts
 
 # KEYS: due, inflight. ARGV: now, deadline, limit. Returns the claimed user ids.
 _CLAIM = """
@@ -86,10 +86,10 @@ class Schedule:
         if count == 1:
             replies = [await self._claim(keys=self._keys(0), args=args)]
         else:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for partition in order:
-                    await self._claim(keys=self._keys(partition), args=args, client=pipe)
-                replies = await pipe.execute()
+            replies = await run_scripts(self.redis, [(self._claim, self._keys(p), args) for p in order])
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
         claimed: list[str] = []
         surplus: list[tuple[int, str]] = []
         for partition, raw in zip(order, replies, strict=True):
@@ -100,10 +100,9 @@ class Schedule:
                     surplus.append((partition, decoded(user)))
         if surplus:
             # Each partition may hand out ``limit``: give back what this pass cannot take now.
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for partition, user in surplus:
-                    await self._release(keys=self._keys(partition), args=[user, repr(now)], client=pipe)
-                await pipe.execute()
+            await run_scripts(
+                self.redis, [(self._release, self._keys(p), [user, repr(now)]) for p, user in surplus]
+            )
         return claimed
 
     async def extend(self, user_ids: list[str], deadline: float) -> None:

@@ -11,9 +11,9 @@ import enum
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 
 from service.core import keys
+from service.core.storage import ScriptCall
 from service.graph.presence import PresenceChange
 
 # Orders two version stamps: all-digit stamps as numbers (leading zeros ignored), others as text.
@@ -75,11 +75,9 @@ class ObservedStore:
         self.redis = redis
         self._script = redis.register_script(_COMPARE_AND_SET)
 
-    async def queue_apply(self, pipe: Pipeline, change: PresenceChange) -> None:
-        """Add the compare-and-set to a pipeline, so a batch costs one round trip."""
-        await self._script(
-            keys=[keys.observed_presence(change.user_id)], args=self._args(change), client=pipe
-        )
+    def call(self, change: PresenceChange) -> ScriptCall:
+        """The compare-and-set of one change, for ``run_scripts``: a batch costs one round trip."""
+        return (self._script, [keys.observed_presence(change.user_id)], self._args(change))
 
     async def apply(self, change: PresenceChange) -> Outcome:
         result = await self._script(keys=[keys.observed_presence(change.user_id)], args=self._args(change))

@@ -13,6 +13,7 @@ from service.bridge.streams import Entry, PartitionedConsumer
 from service.core import keys
 from service.core.partitions import Partitions
 from service.core.settings import Settings
+from service.core.storage import run_scripts
 from service.graph.presence import PresenceChange, PresenceFormatError
 
 log = logging.getLogger(__name__)
@@ -65,10 +66,7 @@ class PresenceWorker:
                 failures[entry.id] = str(exc)
         if not parsed:
             return failures
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for _, change in parsed:
-                await self.store.queue_apply(pipe, change)
-            results = await pipe.execute(raise_on_error=False)
+        results = await run_scripts(self.redis, [self.store.call(change) for _, change in parsed])
         stored: list[PresenceChange] = []
         for (entry, change), result in zip(parsed, results, strict=True):
             if isinstance(result, RedisError):

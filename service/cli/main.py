@@ -126,6 +126,13 @@ def _run_serve(args: argparse.Namespace) -> int:
             say(f"cannot start the embedded Valkey: {exc}")
             return EXIT_FAILURE
         redis_url = embedded.url
+    else:
+        from service.core import storage
+
+        problem = asyncio.run(storage.probe(redis_url))
+        if problem:
+            say(f"cannot use REDIS_URL {storage.redacted(redis_url)}: {problem}")
+            return EXIT_USAGE
     try:
         asyncio.run(_serve(settings, redis_url, args))
     except SystemExit as exc:

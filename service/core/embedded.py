@@ -35,10 +35,19 @@ def binary_path() -> Path:
 
 
 class EmbeddedValkey:
-    def __init__(self, data_dir: Path, *, port: int | None = None, appendonly: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        appendonly: bool = True,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.appendonly = appendonly
+        # e.g. ("--cluster-enabled", "yes") for the nodes of a test cluster
+        self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -72,6 +81,7 @@ class EmbeddedValkey:
             str(log_file.resolve()),
             "--daemonize",
             "no",
+            *self.extra_args,
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
         import redis  # here, not at the top: commands that never start a server stay light

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import urllib.parse
 from typing import Any, cast
 
@@ -9,7 +11,9 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from service.core.settings import CLUSTER_SCHEMES
 
@@ -107,3 +111,65 @@ def connect_worker(url: str, *, block_ms: int = 1000, max_connections: int = 512
 def decoded(value: Any) -> str:
     """A Redis reply value as text: the clients here return bytes, but a str passes through."""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+ScriptCall = tuple[AsyncScript, list[str], list[Any]]
+
+
+async def run_scripts(redis: aioredis.Redis, calls: list[ScriptCall]) -> list[Any]:
+    """Many script calls in one round trip; a failed call's result is its exception.
+
+    A cluster pipeline sends EVALSHA without loading the script first, so a node that has not
+    cached it yet (new, restarted, or a promoted replica) refuses those calls with NOSCRIPT having
+    run nothing; they are repeated one by one, which loads the script on that node.
+    """
+    async with redis.pipeline(transaction=False) as pipe:
+        for script, script_keys, args in calls:
+            await script(keys=script_keys, args=args, client=pipe)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+    for i, result in enumerate(results):
+        if isinstance(result, NoScriptError):
+            script, script_keys, args = calls[i]
+            try:
+                results[i] = await script(keys=script_keys, args=args)
+            except RedisError as exc:
+                results[i] = exc
+    return results
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+async def probe(url: str, *, attempts: int = 3, pause: float = 1.0) -> str | None:
+    """Why ``url`` cannot serve the bridge, or None: unreachable, a cluster named as a single
+    server or the other way round, or a cluster that does not serve every slot."""
+    problem: str | None = None
+    for attempt in range(attempts):
+        if attempt:
+            await asyncio.sleep(pause)
+        client = connect(url, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            info: Any = await client.info("cluster")
+            if is_cluster_url(url):
+                state: Any = await cast(RedisCluster, client).cluster_info()
+                if state.get("cluster_state") != "ok":
+                    return f"the cluster's state is {state.get('cluster_state')!r}, not 'ok'"
+            elif str(info.get("cluster_enabled", 0)) == "1":
+                return "it names a node of a Redis Cluster: write redis+cluster://host:port instead"
+            return None
+        except RedisClusterException as exc:
+            problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if "not enabled" in problem.lower():
+                return "it is not a Redis Cluster: write redis:// for a single server"
+        except (RedisError, OSError) as exc:
+            problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()
+    return f"not reachable: {problem}"

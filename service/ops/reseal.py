@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 
 from service.core import keys
 from service.core.secretbox import SealError, SecretBox
+from service.core.storage import run_scripts
 
 # Replace the field only while it still holds the value that was read: 1 when replaced.
 _COMPARE_AND_SET = """
@@ -78,10 +79,12 @@ async def reseal(
             if pending and dry_run:
                 report.resealed += len(pending)
             elif pending:
-                async with redis.pipeline(transaction=False) as pipe:
-                    for field_name, old, new in pending:
-                        await script(keys=[name], args=[field_name, old, new], client=pipe)
-                    outcomes = await pipe.execute()
+                outcomes = await run_scripts(
+                    redis, [(script, [name], [field_name, old, new]) for field_name, old, new in pending]
+                )
+                for outcome in outcomes:
+                    if isinstance(outcome, Exception):
+                        raise outcome
                 for (field_name, _, _), replaced in zip(pending, outcomes, strict=True):
                     if replaced:
                         report.resealed += 1

@@ -24,11 +24,27 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-async def world_factory(tmp_path: Path, redis_url: str) -> AsyncIterator[Callable[..., Any]]:
+def store(request: pytest.FixtureRequest, redis_url: str) -> tuple[str, dict[str, str]]:
+    """The Redis the world runs on (one Valkey unless a test asks for both) and its settings."""
+    if getattr(request, "param", "single") == "cluster":
+        return request.getfixturevalue("cluster_url"), {"REDIS_PARTITIONS": "4"}
+    return redis_url, {}
+
+
+# The tests a three-master Redis Cluster must pass as well as a single server.
+BOTH_STORES = pytest.mark.parametrize("store", ["single", "cluster"], indirect=True)
+
+
+@pytest.fixture
+async def world_factory(
+    tmp_path: Path, store: tuple[str, dict[str, str]]
+) -> AsyncIterator[Callable[..., Any]]:
     worlds: list[DemoWorld] = []
+    url, overrides = store
 
     async def factory(**options: Any) -> DemoWorld:
-        world = DemoWorld(tmp_path / f"world-{len(worlds)}", redis_url=redis_url, **options)
+        options["settings_overrides"] = {**overrides, **options.get("settings_overrides", {})}
+        world = DemoWorld(tmp_path / f"world-{len(worlds)}", redis_url=url, **options)
         worlds.append(world)
         await world.start()
         await world.ready()
@@ -44,6 +60,7 @@ async def dnd_history(world: DemoWorld, person: Person) -> list[bool]:
     return [bool(entry["value"]) for entry in history["dnd"]]
 
 
+@BOTH_STORES
 async def test_teams_call_sets_dnd_and_status_text_and_hang_up_clears(
     world_factory: Callable[..., Any],
 ) -> None:
@@ -57,6 +74,7 @@ async def test_teams_call_sets_dnd_and_status_text_and_hang_up_clears(
     assert await world.teams_presence(anna) == "Available/Available"  # the bridge set no Teams session
 
 
+@BOTH_STORES
 async def test_starface_call_shows_busy_in_teams_and_hang_up_clears(
     world_factory: Callable[..., Any],
 ) -> None:
@@ -98,6 +116,7 @@ async def test_a_call_longer_than_the_presence_lifetime_stays_busy(world_factory
     await world.wait_for("Anna no longer Busy in Teams after hanging up", not_busy, 30)
 
 
+@BOTH_STORES
 async def test_a_late_redelivery_without_sequence_number_is_corrected_within_seconds(
     world_factory: Callable[..., Any],
 ) -> None:
@@ -200,6 +219,7 @@ async def test_every_call_reaches_teams_within_seconds_after_a_graph_outage(
     assert took < 10
 
 
+@BOTH_STORES
 async def test_sigkilled_worker_mid_burst_loses_nothing_and_never_flaps(
     world_factory: Callable[..., Any],
 ) -> None:
@@ -219,9 +239,11 @@ async def test_sigkilled_worker_mid_burst_loses_nothing_and_never_flaps(
         # A burst: everybody joins a Teams call, then ends it.
         for person in world.people:
             await world.set_teams(person, "Busy", "InACall")
+        assert world.settings is not None
+        streams = [keys.presence_stream(p) for p in range(world.settings.redis_partitions)]
         for _ in range(100):
-            pending = await redis.xpending(keys.presence_stream(0), keys.WORKER_GROUP)
-            if pending["pending"]:
+            pending = [await redis.xpending(s, keys.WORKER_GROUP) for s in streams]
+            if any(p["pending"] for p in pending):
                 break
             await asyncio.sleep(0.01)
         first.send_signal(signal.SIGKILL)

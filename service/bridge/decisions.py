@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from service.core import keys
 
@@ -48,15 +49,20 @@ class DecisionRecord:
         return "\n".join(lines)
 
 
+def queue_decision(pipe: Pipeline, record: DecisionRecord) -> None:
+    """Add the record to a transaction on the user's keys (one round trip with the bridge record)."""
+    key = keys.user_decisions(record.user_id)
+    pipe.lpush(key, record.to_json())
+    pipe.ltrim(key, 0, KEEP - 1)
+
+
 class DecisionLog:
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
 
     async def append(self, record: DecisionRecord) -> None:
-        key = keys.user_decisions(record.user_id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.lpush(key, record.to_json())
-            pipe.ltrim(key, 0, KEEP - 1)
+            queue_decision(pipe, record)
             await pipe.execute()
 
     async def recent(self, user_id: str, limit: int = KEEP) -> list[DecisionRecord]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -96,19 +97,23 @@ class ObservedStore:
         ]
 
     async def get(self, user_id: str) -> ObservedPresence | None:
-        raw = await self.redis.hgetall(keys.observed_presence(user_id))
-        if not raw:
-            return None
-        data = {
-            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-            for k, v in raw.items()
-        }
-        return ObservedPresence(
-            user_id=user_id,
-            availability=data["availability"],
-            activity=data["activity"],
-            sequence=data.get("sequence") or None,
-            status_message=data.get("status_message") or None,
-            source=data.get("source", ""),
-            received_at=float(data.get("received_at", "0")),
-        )
+        return parse_observed(user_id, await self.redis.hgetall(keys.observed_presence(user_id)))
+
+
+def parse_observed(user_id: str, raw: dict[Any, Any]) -> ObservedPresence | None:
+    """The observed presence from the hash's reply (empty: nothing observed yet)."""
+    if not raw:
+        return None
+    data = {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in raw.items()
+    }
+    return ObservedPresence(
+        user_id=user_id,
+        availability=data["availability"],
+        activity=data["activity"],
+        sequence=data.get("sequence") or None,
+        status_message=data.get("status_message") or None,
+        source=data.get("source", ""),
+        received_at=float(data.get("received_at", "0")),
+    )

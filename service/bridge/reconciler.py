@@ -28,17 +28,24 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from service.bridge.decisions import DecisionLog, DecisionRecord
+from service.bridge.decisions import DecisionLog, DecisionRecord, queue_decision
 from service.bridge.desired import Decision, ObservedUser, TeamsSession, decide, echo_of_bridge
 from service.bridge.due import Schedule
 from service.bridge.identity import IdentityStore
 from service.bridge.mapping import Mapping, format_table
-from service.bridge.observed import ObservedPresence, ObservedStore
+from service.bridge.observed import ObservedPresence, parse_observed
 from service.bridge.streams import Entry
-from service.bridge.userstate import BridgeRecord, Call, UserStateStore
+from service.bridge.userstate import (
+    BridgeRecord,
+    Call,
+    UserStateStore,
+    parse_bridge,
+    parse_calls,
+    queue_bridge_update,
+)
 from service.core import keys, metrics
 from service.core.partitions import Partitions
-from service.core.storage import decoded
+from service.core.storage import decoded, run_scripts
 from service.graph.client import GraphThrottled, GraphUnavailable
 from service.graph.presence import PresenceChange, TeamsPresence
 from service.graph.teams import TeamsGateway
@@ -128,11 +135,17 @@ async def gather_inputs(
     call_max_seconds: float = 12 * 3600,
     prune: bool = True,
 ) -> Inputs:
-    """Read one user's observed state; ``prune=False`` changes nothing (for previews)."""
+    """Read one user's observed state, in one round trip; ``prune=False`` changes nothing (for previews)."""
     state = UserStateStore(redis)
-    login = await IdentityStore(redis).login_for(user_id)
-    observed = await ObservedStore(redis).get(user_id)
-    calls = await state.calls(user_id)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hget(keys.IDENTITY_LOGIN_BY_USER, user_id)
+        pipe.hgetall(keys.observed_presence(user_id))
+        pipe.hgetall(keys.user_calls(user_id))
+        pipe.hgetall(keys.user_bridge(user_id))
+        raw_login, raw_observed, raw_calls, raw_bridge = await pipe.execute()
+    login = None if raw_login is None else decoded(raw_login)
+    observed = parse_observed(user_id, raw_observed)
+    calls = parse_calls(raw_calls)
     stale = [c.call_id for c in calls if now - c.first_seen > call_max_seconds]
     if stale:
         calls = [c for c in calls if c.call_id not in stale]
@@ -140,7 +153,7 @@ async def gather_inputs(
             # A HANGUP that never arrived must not hold a user Busy forever.
             log.warning("user %s: dropping %d call(s) older than %ds", user_id, len(stale), call_max_seconds)
             await state.forget_calls(user_id, stale, now)
-    bridge = await state.bridge(user_id)
+    bridge = parse_bridge(raw_bridge)
     session = TeamsSession(bridge.session, bridge.session_cleared_at) if bridge.session is not None else None
     user = ObservedUser(
         teams=TeamsPresence(observed.availability, observed.activity) if observed else None,
@@ -209,19 +222,33 @@ class Reconciler:
         by_user: dict[str, list[PresenceChange]] = {}
         for change in changes:
             by_user.setdefault(change.user_id, []).append(change)
-        for user_id, items in by_user.items():
-            bridge = await self.state.bridge(user_id)
-            login = await self.identity.login_for(user_id)
-            table = self.mapping.table_for(await self.groups(login) if login else frozenset())
+        users = sorted(by_user)
+        # Whole batch: one round trip to read, one to offer, one to mark.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user_id in users:
+                pipe.hgetall(keys.user_bridge(user_id))
+                pipe.hget(keys.IDENTITY_LOGIN_BY_USER, user_id)
+            replies = await pipe.execute()
+        offers = []
+        for i, user_id in enumerate(users):
+            bridge, raw_login = parse_bridge(replies[2 * i]), replies[2 * i + 1]
+            login = None if raw_login is None else decoded(raw_login)
+            groups = await self.groups(login) if login and self.mapping.groups else frozenset()
+            table = self.mapping.table_for(groups)
             session = TeamsSession(bridge.session, bridge.session_cleared_at) if bridge.session else None
-            for change in items:
+            for change in by_user[user_id]:
                 presence = TeamsPresence(change.availability, change.activity)
                 observed = ObservedUser(
                     teams=presence, teams_observed_at=change.received_at, bridge_session=session
                 )
                 if not echo_of_bridge(observed, table, now)[0]:
-                    await self.state.offer_own(user_id, presence, change.sequence, change.received_at)
-        await self.schedule.mark(sorted(by_user), now)
+                    offers.append(
+                        self.state.offer_own_call(user_id, presence, change.sequence, change.received_at)
+                    )
+        for result in await run_scripts(self.redis, offers):
+            if isinstance(result, Exception):
+                raise result
+        await self.schedule.mark(users, now)
 
     async def handle_calls(self, entries: list[Entry]) -> dict[str, str]:
         """Stream handler for STARFACE call events: update the user's calls, mark the user due."""
@@ -350,7 +377,12 @@ class Reconciler:
         """One level-triggered pass for one user; returns when the user is next due (or None)."""
         now = self.clock()
         inputs = await gather_inputs(
-            self.redis, user_id, now, groups=self.groups, call_max_seconds=self.call_max_seconds
+            self.redis,
+            user_id,
+            now,
+            # Without group overrides the groups decide nothing: no read for them.
+            groups=self.groups if self.mapping.groups else _no_groups,
+            call_max_seconds=self.call_max_seconds,
         )
         user, observed, bridge, calls, login = (
             inputs.user,
@@ -375,11 +407,13 @@ class Reconciler:
             outcome.updates.update(failures=bridge.failures + 1, last_error="; ".join(outcome.errors)[:500])
         elif bridge.failures or bridge.last_error:
             outcome.updates.update(failures=0, last_error=None)
-        await self.state.update_bridge(user_id, **outcome.updates)
         next_due = self._next_due(decision, bridge, outcome, now)
-        await self.decisions.append(
-            self._record(user_id, login, user, observed, calls, decision, outcome, now)
-        )
+        record = self._record(user_id, login, user, observed, calls, decision, outcome, now)
+        # The bridge record and the decision are keys of one user: one transaction, one round trip.
+        async with self.redis.pipeline(transaction=True) as pipe:
+            queue_bridge_update(pipe, user_id, outcome.updates)
+            queue_decision(pipe, record)
+            await pipe.execute()
         self.reconciled += 1
         return next_due
 

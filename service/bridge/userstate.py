@@ -13,12 +13,14 @@ For each bridged user (keyed by Entra id, so all keys share one hash slot):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from service.bridge.observed import SEQUENCE_COMPARE_LUA
 from service.core import keys
-from service.core.storage import decoded
+from service.core.storage import ScriptCall, decoded
 from service.graph.presence import TeamsPresence
 from service.starface.calls import CallEvent
 
@@ -142,12 +144,7 @@ class UserStateStore:
         return bool(int(changed))
 
     async def calls(self, user_id: str) -> list[Call]:
-        raw = await self.redis.hgetall(keys.user_calls(user_id))
-        calls = []
-        for call_id, value in raw.items():
-            state, _, first_seen = decoded(value).partition("|")
-            calls.append(Call(decoded(call_id), state, float(first_seen or 0)))
-        return sorted(calls, key=lambda c: (c.first_seen, c.call_id))
+        return parse_calls(await self.redis.hgetall(keys.user_calls(user_id)))
 
     async def forget_calls(self, user_id: str, call_ids: list[str], ended_at: float) -> None:
         """Drop calls the bridge judged stale (a HANGUP that never came) as if they hung up."""
@@ -161,30 +158,59 @@ class UserStateStore:
             await pipe.execute()
 
     async def bridge(self, user_id: str) -> BridgeRecord:
-        raw = await self.redis.hgetall(keys.user_bridge(user_id))
-        data = {decoded(k): decoded(v) for k, v in raw.items()}
-        dnd = data.get("applied_dnd")
-        return BridgeRecord(
-            session=_presence(data.get("session")),
-            session_expires_at=_float(data.get("session_expires_at")),
-            session_cleared_at=_float(data.get("session_cleared_at")),
-            own_teams=_presence(data.get("own_teams")),
-            applied_dnd=None if dnd is None else dnd == "1",
-            applied_text=data.get("applied_text"),
-            last_call_ended_at=_float(data.get("last_call_ended_at")),
-            failures=int(data.get("failures", "0")),
-            last_error=data.get("last_error"),
+        return parse_bridge(await self.redis.hgetall(keys.user_bridge(user_id)))
+
+    def offer_own_call(
+        self, user_id: str, presence: TeamsPresence, sequence: str | None, received_at: float
+    ) -> ScriptCall:
+        """``offer_own`` as one call of a batch (``run_scripts``)."""
+        return (
+            self._offer_own,
+            [keys.user_bridge(user_id)],
+            [str(presence), sequence or "", repr(received_at)],
         )
 
     async def update_bridge(self, user_id: str, **fields: object) -> None:
-        unknown = set(fields) - set(_FIELDS)
-        if unknown:
-            raise ValueError(f"unknown bridge record fields: {sorted(unknown)}")
-        sets = {k: v for k, v in ((k, encode(k, v)) for k, v in fields.items()) if v is not None}
-        deletes = [k for k, v in fields.items() if v is None]
         async with self.redis.pipeline(transaction=True) as pipe:
-            if sets:
-                pipe.hset(keys.user_bridge(user_id), mapping=sets)  # type: ignore[arg-type]
-            if deletes:
-                pipe.hdel(keys.user_bridge(user_id), *deletes)
+            queue_bridge_update(pipe, user_id, fields)
             await pipe.execute()
+
+
+def queue_bridge_update(pipe: Pipeline, user_id: str, fields: dict[str, object]) -> None:
+    """Add an update of the user's bridge record to a transaction (other keys of the same user
+    may share it: one round trip for everything a reconcile stores)."""
+    unknown = set(fields) - set(_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown bridge record fields: {sorted(unknown)}")
+    sets = {k: v for k, v in ((k, encode(k, v)) for k, v in fields.items()) if v is not None}
+    deletes = [k for k, v in fields.items() if v is None]
+    if sets:
+        pipe.hset(keys.user_bridge(user_id), mapping=sets)  # type: ignore[arg-type]
+    if deletes:
+        pipe.hdel(keys.user_bridge(user_id), *deletes)
+
+
+def parse_calls(raw: dict[Any, Any]) -> list[Call]:
+    """The user's calls from the calls hash's reply, oldest first."""
+    calls = []
+    for call_id, value in raw.items():
+        state, _, first_seen = decoded(value).partition("|")
+        calls.append(Call(decoded(call_id), state, float(first_seen or 0)))
+    return sorted(calls, key=lambda c: (c.first_seen, c.call_id))
+
+
+def parse_bridge(raw: dict[Any, Any]) -> BridgeRecord:
+    """The bridge record from its hash's reply (empty: a user the bridge never acted for)."""
+    data = {decoded(k): decoded(v) for k, v in raw.items()}
+    dnd = data.get("applied_dnd")
+    return BridgeRecord(
+        session=_presence(data.get("session")),
+        session_expires_at=_float(data.get("session_expires_at")),
+        session_cleared_at=_float(data.get("session_cleared_at")),
+        own_teams=_presence(data.get("own_teams")),
+        applied_dnd=None if dnd is None else dnd == "1",
+        applied_text=data.get("applied_text"),
+        last_call_ended_at=_float(data.get("last_call_ended_at")),
+        failures=int(data.get("failures", "0")),
+        last_error=data.get("last_error"),
+    )

@@ -119,13 +119,16 @@ ScriptCall = tuple[AsyncScript, list[str], list[Any]]
 async def run_scripts(redis: aioredis.Redis, calls: list[ScriptCall]) -> list[Any]:
     """Many script calls in one round trip; a failed call's result is its exception.
 
-    A cluster pipeline sends EVALSHA without loading the script first, so a node that has not
-    cached it yet (new, restarted, or a promoted replica) refuses those calls with NOSCRIPT having
-    run nothing; they are repeated one by one, which loads the script on that node.
+    EVALSHA goes out without asking first whether the server knows the script (a registered
+    script in a redis-py pipeline costs a SCRIPT EXISTS round trip on every execute).  A server
+    that has not cached it yet (new, restarted, or a promoted replica) refuses the call with
+    NOSCRIPT having run nothing; such calls are repeated one by one, which loads the script.
     """
+    if not calls:
+        return []
     async with redis.pipeline(transaction=False) as pipe:
         for script, script_keys, args in calls:
-            await script(keys=script_keys, args=args, client=pipe)
+            pipe.evalsha(script.sha, len(script_keys), *script_keys, *args)
         results: list[Any] = await pipe.execute(raise_on_error=False)
     for i, result in enumerate(results):
         if isinstance(result, NoScriptError):

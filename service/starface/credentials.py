@@ -78,7 +78,10 @@ class CredentialStore:
 
         Raises ``CredentialsUnreadable`` when the stored value does not open (other secret key).
         """
-        sealed = await self.redis.hget(keys.STARFACE_CREDENTIALS, login)
+        return self.open(login, await self.redis.hget(keys.STARFACE_CREDENTIALS, login))
+
+    def open(self, login: str, sealed: bytes | str | None) -> str | None:
+        """The password in ``sealed`` (the stored value of ``login``, read by the caller)."""
         if sealed is None:
             return None
         raw = sealed if isinstance(sealed, bytes) else str(sealed).encode()

@@ -340,13 +340,21 @@ class SessionManager:
 
     async def _client(self, login: str) -> UciClient:
         """A client for ``login`` with its current password (rebuilt when the password changed)."""
-        password = await self.credentials.get(login)
-        if password is None:
+        return self._client_for(login, await self.redis.hget(keys.STARFACE_CREDENTIALS, login))
+
+    def _client_for(self, login: str, sealed: bytes | str | None) -> UciClient:
+        """The client for the stored (sealed) password just read: kept while the stored value
+        is the same, so a write costs no decryption; a new password builds a new client."""
+        if sealed is None:
             raise CredentialsMissing(login)
-        fingerprint = hashlib.sha256(password.encode("utf-8")).digest()
+        raw = sealed if isinstance(sealed, bytes) else sealed.encode()
+        fingerprint = hashlib.sha256(raw).digest()
         cached = self._clients.get(login)
         if cached is not None and hmac.compare_digest(cached[0], fingerprint):
             return cached[1]
+        password = self.credentials.open(login, raw)
+        if password is None:
+            raise CredentialsMissing(login)
         auth: UciAuth
         if self.settings.starface_auth == "oauth":
             grant = OAuthPasswordGrant(
@@ -497,12 +505,19 @@ class SessionManager:
         """Run ``action`` on the user's session, logging in first or again when the PBX needs it.
 
         While the circuit is open (the PBX is down) it fails at once, except as a probe."""
-        if not await self.selected(login):
+        # Selected?  Session state?  Password?  One round trip for all three.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zscore(keys.UCI_DUE, login)
+            pipe.hget(keys.UCI_SESSIONS, login)
+            pipe.hget(keys.STARFACE_CREDENTIALS, login)
+            due, raw_status, sealed = await pipe.execute()
+        if due is None:
             raise UnknownUser(login)
         if not self.circuit.allow():
             raise StarfaceUnavailable("the PBX is not answering; waiting for it (circuit open)")
+        status = None if raw_status is None else SessionStatus.from_json(raw_status)
         try:
-            result = await self._act_on_session(login, action)
+            result = await self._act_on_session(login, action, status, sealed)
         except GatewayError as exc:
             self._account(exc)
             raise
@@ -558,12 +573,17 @@ class SessionManager:
             self.circuit.succeeded()  # an answer of a live PBX, about this one user
         # No stored password, an unselected user: nothing was asked of the PBX.
 
-    async def _act_on_session(self, login: str, action: Callable[[UciClient], Awaitable[T]]) -> T:
+    async def _act_on_session(
+        self,
+        login: str,
+        action: Callable[[UciClient], Awaitable[T]],
+        previous: SessionStatus | None,
+        sealed: bytes | str | None,
+    ) -> T:
         now = self.clock()
         seen = self._logins_done.get(login, 0)
-        previous = await self.status(login)
         try:
-            client = await self._client(login)
+            client = self._client_for(login, sealed)
             if previous is None or previous.state != ACTIVE:
                 await self._single_login(login, client, now, seen, previous)
                 seen = self._logins_done.get(login, 0)

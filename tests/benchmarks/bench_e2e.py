@@ -67,6 +67,7 @@ from service.sandbox.tls import CertificateAuthority  # noqa: E402
 from service.starface.credentials import CredentialStore  # noqa: E402
 from subscriptions.shards import CAPACITY, accounts_needed  # noqa: E402
 from subscriptions.tokens import Tokens  # noqa: E402
+from tests.fixtures.cluster import EmbeddedCluster  # noqa: E402
 
 CORES = sorted(os.sched_getaffinity(0))
 BRIDGE_CORE = CORES[0]
@@ -125,6 +126,17 @@ def process_cpu_seconds(pid: int) -> float:
     except OSError:
         return math.nan
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process in MB (VmRSS)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return math.nan
 
 
 def core_times() -> dict[int, tuple[float, float, float]]:
@@ -293,6 +305,9 @@ class World:
     passwords: dict[str, str] = field(default_factory=dict)
     children: list[Child] = field(default_factory=list)
     valkey: EmbeddedValkey | None = None
+    # --cluster: three Valkey masters instead of one server
+    cluster: EmbeddedCluster | None = None
+    partitions: int = 1
     graph_base: str = ""
     graph_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     starface_base: str = ""
@@ -300,6 +315,9 @@ class World:
     starface_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     bundle: Path | None = None
     bridge: Child | None = None
+    # --split-roles: web, worker and scheduler as processes of their own (all on the bridge core)
+    roles: tuple[str, ...] = ("all",)
+    bridges: list[Child] = field(default_factory=list)
     http: aiohttp.ClientSession | None = None
     redis: Any = None
 
@@ -365,8 +383,11 @@ class World:
         cert_file, key_file = ca.issue(["127.0.0.1", "localhost"]).write(self.workdir / "tls", "bridge")
 
         # Children inherit this process's affinity: the sandbox core.
-        self.valkey = EmbeddedValkey(self.workdir / "valkey", appendonly=False)
-        self.valkey.start()
+        if self.cluster is not None:
+            self.cluster.start()
+        else:
+            self.valkey = EmbeddedValkey(self.workdir / "valkey", appendonly=False)
+            self.valkey.start()
 
         graph_port = free_port()
         graph_users = [
@@ -490,7 +511,8 @@ class World:
 
         bridge_port = free_port()
         env = {
-            "REDIS_URL": self.valkey.url,
+            "REDIS_URL": self.redis_url,
+            "REDIS_PARTITIONS": str(self.partitions),
             "DATA_DIR": str(self.workdir / "data"),
             "PUBLIC_BASE_URL": f"https://127.0.0.1:{bridge_port}",
             "BRIDGE_SECRET_KEY": secrets.token_urlsafe(32),
@@ -511,34 +533,34 @@ class World:
             "LOG_LEVEL": "WARNING",
         }
         settings = Settings.from_env(env, env_file=None)
-        self.redis = connect_worker(self.valkey.url)
+        self.redis = connect_worker(self.redis_url)
         await CredentialStore(self.redis, SecretBox(settings.secret_key)).put_many(
             {login: self.passwords[login] for login in self.logins}
         )
         tokens = Tokens.from_settings(self.redis, settings)
         for account in accounts:
             await tokens.login_with_password(account, self.passwords[account])
-        self.bridge = self.spawn(
-            "bridge",
-            [
-                "taskset",
-                "-c",
-                str(BRIDGE_CORE),
-                *cli,
-                "serve",
-                "--role",
-                "all",
-                "--port",
-                str(bridge_port),
-                "--tls-cert",
-                str(cert_file),
-                "--tls-key",
-                str(key_file),
-            ],
-            env={**os.environ, **env},
-        )
+        for role in self.roles:
+            web = ["--port", str(bridge_port), "--tls-cert", str(cert_file), "--tls-key", str(key_file)]
+            child = self.spawn(
+                "bridge" if role == "all" else f"bridge-{role}",
+                [
+                    "taskset",
+                    "-c",
+                    str(BRIDGE_CORE),
+                    *cli,
+                    "serve",
+                    "--role",
+                    role,
+                    *(web if role in ("all", "web") else []),
+                ],
+                env={**os.environ, **env},
+            )
+            self.bridges.append(child)
+        self.bridge = self.bridges[0]
         say(
-            f"  bridge started on core {BRIDGE_CORE} (pid {self.bridge.proc.pid}), {len(accounts)} account(s)"
+            f"  bridge ({', '.join(self.roles)}) started on core {BRIDGE_CORE} "
+            f"(pids {', '.join(str(b.proc.pid) for b in self.bridges)}), {len(accounts)} account(s)"
         )
 
     async def _gather(self, jobs: Sequence[Awaitable[Any]], width: int = 32) -> list[Any]:
@@ -631,8 +653,6 @@ class World:
         return last, [e for e in log if e["kind"] == "change"]
 
     async def close(self) -> None:
-        if self.bridge is not None:
-            self.bridge.stop()
         for child in reversed(self.children):
             child.stop()
         if self.redis is not None:
@@ -641,6 +661,19 @@ class World:
             await self.http.close()
         if self.valkey is not None:
             self.valkey.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
+
+    @property
+    def redis_url(self) -> str:
+        if self.cluster is not None:
+            return self.cluster.url
+        assert self.valkey is not None
+        return self.valkey.url
+
+    def store_pids(self) -> dict[str, int]:
+        nodes = [self.valkey] if self.valkey is not None else self.cluster.nodes if self.cluster else []
+        return {f"valkey{i or ''}": n.process.pid for i, n in enumerate(nodes) if n.process is not None}
 
 
 # -- phases -------------------------------------------------------------------------------------
@@ -719,6 +752,8 @@ async def run_phase(
     drain_seconds, not_converged = await world.drain(generator["states"], drain_within)
     start, end = float(generator["wall_start"]), float(generator["wall_end"])
     cpu, cores, irqs = cpu_between(before, after)
+    if "bridge" not in cpu:  # split roles: the bridge is the sum of its processes
+        cpu["bridge"] = sum(v for n, v in cpu.items() if n.startswith("bridge-"))
 
     _, changes = await world.deliveries(last_delivery)
     delivered = [e for e in changes if e["outcome"] == "delivered"]
@@ -785,6 +820,52 @@ async def run_phase(
     return phase
 
 
+async def run_burst(
+    world: World,
+    states: list[int],
+    count: int,
+    drain_within: float,
+    pids: dict[str, int],
+    say: Callable[[str], None],
+) -> list[int]:
+    """``count`` users change within about a second (a meeting that starts at 9:00 for all of
+    them); reports how long until STARFACE shows every one of them, counted from the first
+    change offered to the last DND applied."""
+    before = cpu_sample(pids)
+    # Only the first ``count`` users flip: the generator goes round-robin, one change each.
+    generator = await asyncio.to_thread(
+        run_generator,
+        world.graph_base,
+        world.graph_token,
+        world.graph_ca,
+        world.entra_ids[:count],
+        states[:count],
+        float(count),
+        1.0,
+    )
+    states = list(generator["states"]) + states[count:]
+    _, not_converged = await world.drain(states, drain_within)
+    after = cpu_sample(pids)
+    cpu, _, _ = cpu_between(before, after)
+    start = float(generator["wall_start"])
+    applied = await world.dnd_history(start)
+    last = max(applied, default=math.nan)
+    records, _ = await world.decisions(start)
+    latencies = [r.latency_ms for r in records if r.latency_ms is not None and r.trigger == "presence"]
+    say(
+        f"  {int(generator['sent']) - int(generator['failed']):,} changes offered in "
+        f"{float(generator['elapsed']):.1f} s; {len(applied):,} DND changes applied; the last "
+        f"{last - start:.1f} s after the first change was offered"
+        + (f"; {not_converged} users NOT converged" if not_converged else "")
+    )
+    say(
+        f"    latency received->applied: p50 {ms(pct(latencies, 0.5))}, p99 {ms(pct(latencies, 0.99))}; "
+        "CPU (share of one core over the burst and its drain): "
+        + ", ".join(f"{n} {v:.0%}" for n, v in cpu.items())
+    )
+    return states
+
+
 # -- main ---------------------------------------------------------------------------------------
 
 
@@ -804,7 +885,14 @@ async def main(args: argparse.Namespace) -> int:
     )
 
     workdir = Path(tempfile.mkdtemp(prefix="pb-bench-e2e-"))
-    world = World(workdir, args.users, args.coalesce_seconds)
+    world = World(
+        workdir,
+        args.users,
+        args.coalesce_seconds,
+        cluster=EmbeddedCluster(workdir / "cluster") if args.cluster else None,
+        partitions=args.partitions,
+        roles=("web", "worker", "scheduler") if args.split_roles else ("all",),
+    )
     phases: list[Phase] = []
     try:
         say(f"setting up {args.users} users in {workdir} ...")
@@ -813,12 +901,9 @@ async def main(args: argparse.Namespace) -> int:
         await world.ready(args.ready_seconds)
         say(f"  ready after {time.monotonic() - setup_started:.1f} s")
         assert world.bridge is not None
-        assert world.valkey is not None
-        assert world.valkey.process is not None
         pids = {
-            "bridge": world.bridge.proc.pid,
-            **{c.name: c.proc.pid for c in world.children if c.name != "bridge"},
-            "valkey": world.valkey.process.pid,
+            **{c.name: c.proc.pid for c in world.children},
+            **world.store_pids(),
         }
         states = [0] * args.users
         for rate in args.rates:
@@ -826,6 +911,15 @@ async def main(args: argparse.Namespace) -> int:
             phase = await run_phase(world, states, rate, args.seconds, args.drain_seconds, pids, say)
             states = list(phase.generator["states"])
             phases.append(phase)
+        if args.burst:
+            say(f"burst: {args.burst:,} users change at once:")
+            burst = await run_burst(world, states, args.burst, args.drain_seconds, pids, say)
+            states = burst
+        say(
+            "resident memory (RSS) of the bridge: "
+            + ", ".join(f"{b.name} {rss_mb(b.proc.pid):,.0f} MB" for b in world.bridges)
+            + f" with {args.users:,} users"
+        )
     finally:
         await world.close()
         if not args.keep:
@@ -951,9 +1045,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ready-seconds", type=float, default=300.0, help="setup timeout (default 300)")
     parser.add_argument("--drain-seconds", type=float, default=120.0, help="drain timeout per phase (120)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) afterwards")
+    parser.add_argument(
+        "--burst", type=int, default=0, help="after the phases, this many users change at once (e.g. 5000)"
+    )
+    parser.add_argument("--cluster", action="store_true", help="run on a three-master Valkey cluster")
+    parser.add_argument(
+        "--split-roles", action="store_true", help="web, worker and scheduler as three processes (one core)"
+    )
+    parser.add_argument("--partitions", type=int, default=1, help="REDIS_PARTITIONS of the bridge (1)")
     args = parser.parse_args(argv)
     if not 1 <= args.users <= 20_000:
         parser.error("--users must be 1..20000")
+    if not 0 <= args.burst <= args.users:
+        parser.error("--burst must be 0..--users")
     if not 0 < args.seconds <= 600 or not args.rates or any(not 0 < r <= 10_000 for r in args.rates):
         parser.error("--seconds must be in (0, 600] and each rate in (0, 10000]")
     if any(args.users / r < 2.0 for r in args.rates):

@@ -8,7 +8,8 @@ import redis.asyncio as aioredis
 from service.bridge.due import Schedule
 from service.bridge.mapping import load_mapping
 from service.bridge.reconciler import Reconciler
-from service.core.partitions import Partitions
+from service.core import keys
+from service.core.partitions import Partitions, adopt
 from tests.bridge.harness import ModelGraph, RecordingStarface
 
 
@@ -84,3 +85,45 @@ async def test_a_live_reconciler_keeps_extending_the_claims_it_works_on(redis_cl
         keeper.cancel()
     await asyncio.sleep(0.8)  # the process stopped extending (as if it died): taken over
     assert await Schedule(redis_client, Partitions(), hold_seconds=0.6).claim(time.time()) == ["u1"]
+
+
+async def test_partitions_keep_one_writer_per_user_and_claim_from_all(redis_client: aioredis.Redis) -> None:
+    partitions = Partitions(4)
+    a, b = (
+        Schedule(redis_client, partitions, hold_seconds=30),
+        Schedule(redis_client, partitions, hold_seconds=30),
+    )
+    users = [f"user-{n}" for n in range(20)]
+    await a.mark(users, at=10.0)
+    assert {partitions.of(u) for u in users} == {0, 1, 2, 3}  # spread over every partition
+    for user in users:  # each user is due in its own partition only
+        found = [p for p in partitions.indexes() if await redis_client.zscore(keys.reconcile_due(p), user)]
+        assert found == [partitions.of(user)]
+    first = await a.claim(11.0, limit=7)
+    assert len(first) == 7  # a claim gives what was asked, the surplus of other partitions goes back
+    second = await b.claim(11.0, limit=100)
+    assert sorted(first + second) == sorted(users)  # nobody twice, nobody left out
+    assert await a.claim(11.0, limit=100) == []
+    await a.release(first[0], 30.0)  # the others stay held until 41
+    assert await b.claim(29.0) == []
+    assert await b.claim(30.0) == [first[0]]
+
+
+async def test_rehome_moves_due_users_to_their_partition(redis_client: aioredis.Redis) -> None:
+    await redis_client.zadd(keys.LEGACY_RECONCILE_DUE, {"old-due": 5.0})
+    await redis_client.zadd(keys.LEGACY_RECONCILE_INFLIGHT, {"old-held": 99.0})
+    await redis_client.hset(keys.PARTITIONS, mapping={"count": 8, "max": 8})
+    stray = next(u for u in (f"u{n}" for n in range(100)) if Partitions(8).of(u) >= 2)
+    await redis_client.zadd(keys.reconcile_due(Partitions(8).of(stray)), {stray: 7.0})
+    schedule = Schedule(redis_client, Partitions(2), hold_seconds=30)
+    moved = await schedule.rehome([keys.LEGACY_RECONCILE_DUE, keys.LEGACY_RECONCILE_INFLIGHT], now=20.0)
+    assert moved == 3
+    due = await schedule.due()
+    assert due == {"old-due": 5.0, "old-held": 20.0, stray: 7.0}
+    assert await redis_client.exists(keys.LEGACY_RECONCILE_DUE, keys.LEGACY_RECONCILE_INFLIGHT) == 0
+
+
+async def test_a_smaller_partition_count_still_reads_the_larger_ones(redis_client: aioredis.Redis) -> None:
+    assert await adopt(redis_client, Partitions(6)) == 6
+    assert await adopt(redis_client, Partitions(2)) == 6  # partitions 2..5 may hold queued entries
+    assert await redis_client.hget(keys.PARTITIONS, "count") == b"2"

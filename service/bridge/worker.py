@@ -18,9 +18,12 @@ from service.graph.presence import PresenceChange, PresenceFormatError
 
 log = logging.getLogger(__name__)
 
-# Called after the observed presence is stored, with every readable change of the batch in
-# stream order, stale ones too: a stale change can still carry news (the user's own state behind
-# the bridge's session).  A redelivery after a listener failure calls the listeners again.
+# Called after the observed presence is stored, with the readable changes of the batch in stream
+# order, stale ones too: a stale change can still carry news (the user's own state behind the
+# bridge's session).  A duplicate read for the first time is left out: what it says is stored
+# already (a confirm read or a Graph retry of a change that was handled), and passing it on would
+# reconcile the user once more for nothing.  A redelivered entry is passed on even as a duplicate:
+# its first delivery may have stored the change and died before the listeners ran.
 ChangeListener = Callable[[list[PresenceChange]], Awaitable[None]]
 
 
@@ -72,8 +75,10 @@ class PresenceWorker:
             if isinstance(result, RedisError):
                 failures[entry.id] = f"store failed: {result}"
                 continue
-            self.outcomes[Outcome(int(result))] += 1
-            stored.append(change)
+            outcome = Outcome(int(result))
+            self.outcomes[outcome] += 1
+            if outcome is not Outcome.DUPLICATE or entry.deliveries > 1:
+                stored.append(change)
         if stored:
             for listener in self.listeners:
                 await listener(stored)

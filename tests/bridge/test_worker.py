@@ -99,7 +99,30 @@ async def test_listeners_hear_every_change_after_it_is_stored(
         1000,
     )
     await worker(redis_client, make_settings(), listeners=[listener]).drain()
-    assert heard == ["2", "1", "2", "10"]  # stale and duplicate ones too, in stream order
+    # Stale ones too, in stream order; the duplicate "2" says nothing new and is left out.
+    assert heard == ["2", "1", "10"]
+
+
+async def test_a_redelivered_duplicate_reaches_the_listeners_again(
+    redis_client: aioredis.Redis, make_settings: Callable[..., Settings]
+) -> None:
+    """A worker that stored a change and died before its listeners ran: the redelivery is a
+    duplicate by then, and must still reach them, or the user would never be reconciled."""
+    heard: list[str] = []
+    fail = True
+
+    async def listener(changes: list[PresenceChange]) -> None:
+        nonlocal fail
+        if fail:
+            fail = False
+            raise RuntimeError("died before marking the user due")
+        heard.extend(c.sequence or "" for c in changes)
+
+    await append_presence_batch(
+        redis_client, Partitions(), [PresenceChange(USER, "Busy", "Busy", sequence="5")], 1000
+    )
+    await worker(redis_client, make_settings(WORKER_CLAIM_IDLE_MS=1), listeners=[listener]).drain()
+    assert heard == ["5"]
 
 
 async def test_poison_entry_moves_to_dead_letters_after_n_deliveries(

@@ -81,9 +81,14 @@ async def explain(
         f"  STARFACE calls  {', '.join(f'{c.call_id}: {c.state}' for c in inputs.calls) or 'none'}",
         f"  applied         DND {_yes_no(bridge.applied_dnd)}, status text {bridge.applied_text!r}",
         f"  Teams session   {session}",
-        f"  STARFACE shows  {_shown(bridge, now)}",
-        f"  user's own DND  {_own_dnd(bridge, dnd_policy)}",
-        f"  restores        {await _restores(redis, person.user_id, now, rewrites_per_hour)}",
+    ]
+    view = await read_back_view(
+        redis, person.user_id, bridge, now, dnd_policy=dnd_policy, rewrites_per_hour=rewrites_per_hour
+    )
+    lines += [
+        f"  STARFACE shows  {view.shows}",
+        f"  user's own DND  {view.own_dnd}",
+        f"  restores        {view.restores}",
     ]
     if bridge.last_error:
         lines.append(f"  failing         {bridge.failures} time(s) in a row: {bridge.last_error}")
@@ -91,6 +96,31 @@ async def explain(
     lines.append(f"last {len(records)} decision(s), newest first:")
     lines += [record.format() for record in records] or ["  none yet"]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ReadBackView:
+    """What the read-back knows about a user, one sentence each (``explain``, the console)."""
+
+    shows: str
+    own_dnd: str
+    restores: str
+
+
+async def read_back_view(
+    redis: aioredis.Redis,
+    user_id: str,
+    bridge: BridgeRecord,
+    now: float,
+    *,
+    dnd_policy: str | None,
+    rewrites_per_hour: int | None,
+) -> ReadBackView:
+    return ReadBackView(
+        shows=_shown(bridge, now),
+        own_dnd=_own_dnd(bridge, dnd_policy),
+        restores=await _restores(redis, user_id, now, rewrites_per_hour),
+    )
 
 
 def _shown(bridge: BridgeRecord, now: float) -> str:

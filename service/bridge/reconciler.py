@@ -639,6 +639,17 @@ class Reconciler:
             newest_call = max(newest_call or 0.0, user.last_call_ended_at)
         if newest_call is not None and newest_call > started:
             trigger, started = "call", newest_call
+        # A restore answers the read-back that found the overwrite, not the last Teams change.
+        shown = user.shown
+        if (
+            shown is not None
+            and shown.at > started
+            and (
+                (shown.dnd is not None and shown.dnd != user.applied_dnd)
+                or (shown.text is not None and shown.text != user.applied_text)
+            )
+        ):
+            trigger, started = "read-back", shown.at
         latency = (outcome.applied_at - started) * 1000 if outcome.applied_at is not None else None
         if latency is not None:
             side = outcome.actions[-1].split()[0]

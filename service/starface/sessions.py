@@ -285,7 +285,11 @@ class SessionManager:
             if await client.keep_alive():
                 self.circuit.succeeded()
                 if self.read_back is not None:
-                    await self.read_back(login, client.user_state)
+                    try:
+                        await self.read_back(login, client.user_state)
+                    except (RedisError, OSError) as exc:
+                        # The session is fine; only this look at the user's state is lost.
+                        log.warning("read-back of login %s not recorded: %s", login, type(exc).__name__)
                 return now + self.keepalive, "keepalive", self._ok(login, now, previous)
             await self._single_login(login, client, now, seen, previous)
             return now + self.keepalive, "relogin", self._ok(login, now, previous)

@@ -3,11 +3,13 @@ XML-RPC extension types on the wire (answers and callbacks)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
+from service.sandbox import starface_wire as wire
 from service.starface import protocol as sp
 from service.starface.xmlrpc import parse_call, parse_response
 from tests.fixtures.starface_sandbox import (
@@ -141,3 +143,32 @@ def test_extension_types_in_call_callbacks(
     assert params[0]["callerName"] is None
     assert params[0]["timestamp"] == pytest.approx(pbx.now() * 1000, abs=5000)
     assert full.params[0]["callerName"] == "Erika"
+
+
+def test_every_extension_type_reads_back_as_the_value_it_encodes() -> None:
+    stamp = dt.datetime(2026, 12, 5, 22, 30, 1, 250000, tzinfo=dt.UTC)
+    value = {
+        "n": 7,
+        "big": 2**40,
+        "none": None,
+        "empty": "",
+        "text": "a<b",
+        "on": True,
+        "at": stamp,
+        "l": [1.5],
+    }
+    body = wire.dumps_response(value, wire.EXTENSIONS)
+    text = body.decode()
+    for spelled in (
+        "<ex:i8>7</ex:i8>",
+        "<ex:i8>1099511627776</ex:i8>",
+        "<ex:nil/>",
+        "<value><nil/></value>",
+        "<value>a&lt;b</value>",
+        "<ex:dateTime>2026-12-05T22:30:01.250+00:00</ex:dateTime>",
+    ):
+        assert spelled in text
+    assert parse_response(body) == {**value, "empty": None}
+    call = wire.dumps_call("ucp.v30.events.call.receiveCallState", [value], wire.EXTENSIONS)
+    assert parse_call(call) == ("ucp.v30.events.call.receiveCallState", [{**value, "empty": None}])
+    assert b"ex:" not in wire.dumps_response(value, wire.PLAIN)

@@ -19,6 +19,7 @@ from service.bridge.decisions import DecisionLog
 from service.bridge.due import Schedule
 from service.bridge.identity import IdentityStore
 from service.bridge.userstate import UserStateStore
+from service.core.partitions import Partitions
 from service.ops.explain import explain
 from service.sandbox.demo import DemoWorld, Person
 
@@ -138,7 +139,8 @@ async def test_phone_dnd_is_respected_until_the_next_teams_change(world_factory:
     await world.wait_for("two more read-backs", read_again, within=10)
     decisions = DecisionLog(world._redis)
     before = len(await decisions.recent(anna_id, 100))
-    await Schedule(world._redis).mark([anna_id], time.time())
+    assert world.settings is not None
+    await Schedule(world._redis, Partitions(world.settings.redis_partitions)).mark([anna_id], time.time())
 
     async def reconciled() -> tuple[bool, str]:
         count = len(await decisions.recent(anna_id, 100))

@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 
 from service.bridge.decisions import DecisionLog, DecisionRecord, queue_decision
 from service.bridge.desired import (
+    DND_ENFORCE,
     DND_RESPECT,
     Decision,
     DndOverride,
@@ -495,6 +496,8 @@ class Reconciler:
             dnd = wanted.dnd
             # The bridge wrote this already and someone else changed it: a restore, within budget.
             restore = dnd == bridge.applied_dnd and not decision.dnd_override_ended
+            if restore and self.dnd_policy == DND_ENFORCE:
+                metrics.STARFACE_DND_OVERRIDES.labels(DND_ENFORCE).inc()
             if not restore or await self._restore_allowed(
                 user_id, "dnd", f"DND {'on' if dnd else 'off'}", outcome
             ):

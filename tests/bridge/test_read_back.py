@@ -161,12 +161,13 @@ async def test_phone_dnd_is_respected_until_the_next_teams_change(world_factory:
     assert (await store.bridge(anna_id)).override_dnd is None
 
 
+def overrides(policy: str) -> float:
+    labels = {"policy": policy}
+    return REGISTRY.get_sample_value("presence_bridge_starface_dnd_overrides_total", labels) or 0.0
+
+
 def overrides_counted() -> float:
-    total = 0.0
-    for policy in ("respect", "enforce"):
-        labels = {"policy": policy}
-        total += REGISTRY.get_sample_value("presence_bridge_starface_dnd_overrides_total", labels) or 0.0
-    return total
+    return overrides("respect") + overrides("enforce")
 
 
 async def test_the_bridges_own_writes_are_never_taken_for_the_users(
@@ -190,9 +191,17 @@ async def test_the_bridges_own_writes_are_never_taken_for_the_users(
 async def test_phone_dnd_is_switched_back_when_enforced(world_factory: Callable[..., Any]) -> None:
     world: DemoWorld = await world_factory({"STARFACE_DND_POLICY": "enforce"})
     anna = world.people[0]
+    enforced = REGISTRY.get_sample_value(
+        "presence_bridge_starface_dnd_overrides_total", {"policy": "enforce"}
+    )
     await world.starface_control("PUT", f"/control/users/{anna.login}/dnd", {"enabled": True})
     await world.expect_starface(anna, False, "Verfügbar", within=5)
     assert (await history(world, anna, "dnd"))[-2:] == [(True, "phone"), (False, "uci")]
+    labels = {"policy": "enforce"}
+    assert (
+        REGISTRY.get_sample_value("presence_bridge_starface_dnd_overrides_total", labels)
+        == (enforced or 0) + 1
+    )
     assert (await UserStateStore(world._redis).bridge(await user_id(world, anna))).override_dnd is None
 
 

@@ -79,14 +79,15 @@ async def test_a_text_the_ucc_client_overwrites_is_restored_and_the_restores_are
     async def ucc_wrote() -> tuple[bool, str]:
         return (UCC_TEXT, "ucc") in await history(world, anna, "statusText"), "no UCC write yet"
 
-    await world.wait_for("the UCC client's text", ucc_wrote, within=5)
-    await world.expect_starface(anna, False, "Verfügbar", within=5)
-    assert time.monotonic() - started < 5
+    await world.wait_for("the UCC client's text", ucc_wrote, within=10)
+    await world.expect_starface(anna, False, "Verfügbar", within=10)
+    assert time.monotonic() - started < 10
     entries = (await world.starface_control("GET", f"/control/users/{anna.login}/history"))["statusText"]
     assert [(e["value"], e["source"]) for e in entries[-2:]] == [(UCC_TEXT, "ucc"), ("Verfügbar", "uci")]
     restored_after = entries[-1]["at"] - entries[-2]["at"]
     print(f"UCC-overwritten text restored {restored_after:.2f} s after the overwrite (keep-alive 1 s)")
-    assert restored_after < 3
+    # One keep-alive (1 s) and one reconcile; generous for a loaded machine.
+    assert restored_after < 5
 
     # A UCC client that writes every second: the bridge restores at most 3 times an hour, then stops.
     await world.starface_control(
@@ -128,7 +129,7 @@ async def test_phone_dnd_is_respected_until_the_next_teams_change(world_factory:
         bridge = await store.bridge(anna_id)
         return bridge.override_dnd is True, f"override {bridge.override_dnd}"
 
-    await world.wait_for("the user's own DND recorded", respected, within=5)
+    await world.wait_for("the user's own DND recorded", respected, within=10)
     first_seen = (await store.bridge(anna_id)).seen_at or 0.0
 
     async def read_again() -> tuple[bool, str]:
@@ -146,7 +147,7 @@ async def test_phone_dnd_is_respected_until_the_next_teams_change(world_factory:
         count = len(await decisions.recent(anna_id, 100))
         return count > before, f"{count - before} new decisions"
 
-    await world.wait_for("one more reconcile", reconciled, within=5)
+    await world.wait_for("one more reconcile", reconciled, within=10)
     assert await world.starface_state(anna) == (True, "Verfügbar")
     assert "switched DND on themselves: respected" in (await decisions.recent(anna_id, 1))[0].rule
     assert (await history(world, anna, "dnd"))[-1] == (True, "phone")
@@ -195,7 +196,7 @@ async def test_phone_dnd_is_switched_back_when_enforced(world_factory: Callable[
         "presence_bridge_starface_dnd_overrides_total", {"policy": "enforce"}
     )
     await world.starface_control("PUT", f"/control/users/{anna.login}/dnd", {"enabled": True})
-    await world.expect_starface(anna, False, "Verfügbar", within=5)
+    await world.expect_starface(anna, False, "Verfügbar", within=10)
     assert (await history(world, anna, "dnd"))[-2:] == [(True, "phone"), (False, "uci")]
     labels = {"policy": "enforce"}
     assert (
@@ -231,5 +232,5 @@ async def test_the_bridge_works_against_java_extension_types_on_the_wire(
         bridge = await store.bridge(anna_id)
         return bridge.seen_dnd is True and bridge.override_dnd is True, f"seen DND {bridge.seen_dnd}"
 
-    await world.wait_for("her phone DND read back", read_back, within=5)
+    await world.wait_for("her phone DND read back", read_back, within=10)
     assert (await store.bridge(anna_id)).seen_text == "Verfügbar"

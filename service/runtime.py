@@ -28,6 +28,7 @@ from service.bridge.due import Schedule
 from service.bridge.identity import link_resolved
 from service.bridge.mapping import Mapping, load_mapping, to_toml
 from service.bridge.mapping_store import MappingFollower, MappingStore
+from service.bridge.readback import ReadBack
 from service.bridge.reconciler import GRAPH, STARFACE, Reconciler
 from service.bridge.streams import PartitionedConsumer
 from service.bridge.worker import ChangeListener, PresenceWorker
@@ -137,7 +138,8 @@ class Runtime:
         partitions = Partitions(settings.redis_partitions)
         read = await adopt_partitions(redis, partitions)
         mapping = self.mapping or load_mapping(settings.mapping_file)
-        sessions = SessionManager(redis, settings, http)
+        read_back = ReadBack(redis, partitions, clock=self.clock.now) if settings.starface_read_back else None
+        sessions = SessionManager(redis, settings, http, read_back=read_back.check if read_back else None)
         tokens = Tokens.from_settings(redis, settings)
         # Few attempts: the reconciler retries a user with its own backoff, never blocking others.
         graph = GraphClient(
@@ -164,6 +166,8 @@ class Runtime:
             clock=self.clock.now,
             presence_seconds=settings.teams_presence_minutes * 60,
             concurrency=settings.reconcile_concurrency,
+            dnd_policy=settings.starface_dnd_policy,
+            rewrites_per_hour=settings.starface_rewrites_per_hour,
         )
         # When the PBX answers again after an outage, everyone who waited is due at once.
         sessions.circuit.on_close.append(functools.partial(self.reconciler.back, STARFACE))

@@ -48,6 +48,15 @@ STARFACE side:
    ``service.bridge.mapping``) gives DND if ``set_dnd`` and the text if ``set_status_text``; a switch
    that is off yields ``None``: leave that field as it is.
 
+STARFACE read-back (docs/readback.md).  ``shown`` is what ``getUserState`` found after the
+bridge's last write (``None`` when there is no such read).  It does not change what the mapping
+wants; it changes what the bridge believes STARFACE shows (``Decision.shown_dnd``/``shown_text``),
+so the apply step writes again when someone else overwrote the text.  A DND that differs from
+what the bridge applied was switched by the user (phone key, app): with ``dnd_policy`` "respect"
+it becomes ``dnd_override`` and the desired DND is ``None`` (leave it) until the Teams state the
+mapping maps differs from the one the override began under; then the mapping applies again
+(``dnd_override_ended``).  With "enforce" the mapping's DND is written again.
+
 A cleared session is forgotten (``drop_bridge_session``) when its grace has passed, or when a
 presence that differs from it arrived after the clear: Graph has caught up, and a later identical
 presence is a real Teams call.  A differing presence that arrived *before* the clear does not end
@@ -56,7 +65,7 @@ the grace, because the echo of a short call can still be on its way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from service.bridge.mapping import Mapping, RowMatch, Table
 from service.graph.presence import TeamsPresence
@@ -81,6 +90,28 @@ class TeamsSession:
         return self.cleared_at is None
 
 
+DND_RESPECT = "respect"
+DND_ENFORCE = "enforce"
+
+
+@dataclass(frozen=True)
+class StarfaceShown:
+    """What a read-back found on STARFACE after the bridge's last write; ``None``: not said."""
+
+    dnd: bool | None
+    text: str | None
+    at: float
+
+
+@dataclass(frozen=True)
+class DndOverride:
+    """A DND the user switched themselves, and the Teams state the mapping mapped at the time."""
+
+    dnd: bool
+    since: float
+    teams: TeamsPresence | None
+
+
 @dataclass(frozen=True)
 class ObservedUser:
     """Everything known about one user; see the module docstring for each field's meaning."""
@@ -92,6 +123,10 @@ class ObservedUser:
     last_call_ended_at: float | None = None
     bridge_session: TeamsSession | None = None
     groups: frozenset[str] = frozenset()
+    applied_dnd: bool | None = None
+    applied_text: str | None = None
+    shown: StarfaceShown | None = None
+    dnd_override: DndOverride | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +162,14 @@ class Decision:
     # The group override that applied, if any.
     group: str | None
     rule: str
+    # What STARFACE shows, as far as the bridge knows (read-back, else what it applied).
+    shown_dnd: bool | None = None
+    shown_text: str | None = None
+    # The user's own DND that stands (store it); None: there is none (forget it).
+    dnd_override: DndOverride | None = None
+    # An override ended with this decision: the mapping's DND is written even if the bridge
+    # applied the same before the user switched.
+    dnd_override_ended: bool = False
 
 
 def counting_calls(calls: tuple[str, ...], ringing_counts: bool) -> int:
@@ -186,22 +229,78 @@ def desired_teams(user: ObservedUser, table: Table, now: float) -> tuple[Desired
     return DesiredTeams(None, "no STARFACE call: no bridge presence"), None
 
 
-def desired_starface(user: ObservedUser, table: Table, now: float) -> tuple[DesiredStarface, bool]:
-    """The desired STARFACE DND and text, and whether the observed Teams presence is an echo."""
+def desired_starface(
+    user: ObservedUser, table: Table, now: float
+) -> tuple[DesiredStarface, bool, TeamsPresence | None]:
+    """The desired STARFACE DND and text, whether the observed Teams presence is an echo, and the
+    Teams state that was mapped (``None`` when none was)."""
     observed = user.teams
     if observed is None:
-        return DesiredStarface(None, None, None, "no Teams presence observed yet: STARFACE unchanged"), False
+        return (
+            DesiredStarface(None, None, None, "no Teams presence observed yet: STARFACE unchanged"),
+            False,
+            None,
+        )
     echo, why = echo_of_bridge(user, table, now)
     lead = f"Teams {observed} {why}".rstrip()
     if not echo:
-        return _from_row(table.lookup(observed.availability, observed.activity), table, lead), False
+        return _from_row(table.lookup(observed.availability, observed.activity), table, lead), False, observed
     own = user.own_teams
     if own is None:
-        return DesiredStarface(
-            None, None, None, f"{lead}; the user's own state is unknown: STARFACE unchanged"
-        ), True
+        return (
+            DesiredStarface(None, None, None, f"{lead}; the user's own state is unknown: STARFACE unchanged"),
+            True,
+            None,
+        )
     lead = f"{lead}; mapping the user's own Teams state {own}"
-    return _from_row(table.lookup(own.availability, own.activity), table, lead), True
+    return _from_row(table.lookup(own.availability, own.activity), table, lead), True, own
+
+
+def _on_off(value: bool) -> str:
+    return "on" if value else "off"
+
+
+def users_dnd(
+    user: ObservedUser, wanted: DesiredStarface, mapped: TeamsPresence | None, policy: str
+) -> tuple[DesiredStarface, DndOverride | None, bool]:
+    """Apply the DND policy to a DND the user switched themselves: the desired STARFACE state,
+    the override that stands, and whether an override ended now (see the module docstring)."""
+    shown, existing = user.shown, user.dnd_override
+    if wanted.dnd is None:
+        # DND is not managed now (set_dnd off, no Teams state known): nothing to respect or undo.
+        return wanted, existing if policy == DND_RESPECT and mapped is None else None, False
+    differs = shown is not None and shown.dnd is not None and user.applied_dnd is not None
+    switched = differs and shown is not None and shown.dnd != user.applied_dnd
+    if policy == DND_ENFORCE:
+        if switched and shown is not None and shown.dnd is not None and shown.dnd != wanted.dnd:
+            rule = (
+                f"{wanted.rule}; the user switched DND {_on_off(shown.dnd)} themselves: enforcing the mapping"
+            )
+            return replace(wanted, rule=rule), None, False
+        return wanted, None, False
+    if existing is not None:
+        if differs and not switched:
+            rule = f"{wanted.rule}; the user switched their own DND back"
+            return replace(wanted, rule=rule), None, False
+        if mapped is not None and (existing.teams is None or not mapped.same_as(existing.teams)):
+            rule = (
+                f"{wanted.rule}; the user's own DND {_on_off(existing.dnd)} ended: Teams changed from "
+                f"{existing.teams or 'unknown'} to {mapped}"
+            )
+            return replace(wanted, rule=rule), None, True
+        return _respect(wanted, existing), existing, False
+    if switched and shown is not None and shown.dnd is not None:
+        override = DndOverride(shown.dnd, shown.at, mapped)
+        return _respect(wanted, override), override, False
+    return wanted, None, False
+
+
+def _respect(wanted: DesiredStarface, override: DndOverride) -> DesiredStarface:
+    rule = (
+        f"{wanted.rule}; but the user switched DND {_on_off(override.dnd)} themselves: respected until "
+        f"their Teams state changes from {override.teams or 'unknown'}"
+    )
+    return replace(wanted, dnd=None, rule=rule)
 
 
 def _from_row(match: RowMatch, table: Table, lead: str) -> DesiredStarface:
@@ -228,11 +327,19 @@ def _drop_session(user: ObservedUser, table: Table, now: float) -> bool:
     )
 
 
-def decide(user: ObservedUser, mapping: Mapping, *, now: float) -> Decision:
+def decide(user: ObservedUser, mapping: Mapping, *, now: float, dnd_policy: str = DND_RESPECT) -> Decision:
     """Desired STARFACE and Teams state of one user; pure (see the module docstring)."""
     override = mapping.override_for(user.groups)
     table = mapping.base if override is None else override.table
-    starface, echo = desired_starface(user, table, now)
+    starface, echo, mapped = desired_starface(user, table, now)
+    starface, dnd_override, dnd_override_ended = users_dnd(user, starface, mapped, dnd_policy)
+    shown = user.shown
+    shown_dnd = user.applied_dnd
+    if shown is not None and shown.dnd is not None:
+        shown_dnd = shown.dnd
+    elif user.dnd_override is not None:
+        shown_dnd = user.dnd_override.dnd
+    shown_text = shown.text if shown is not None and shown.text is not None else user.applied_text
     teams, debounce_until = desired_teams(user, table, now)
     drop = _drop_session(user, table, now)
 
@@ -251,4 +358,8 @@ def decide(user: ObservedUser, mapping: Mapping, *, now: float) -> Decision:
         recheck_at=min(wake_times) if wake_times else None,
         group=None if override is None else override.name,
         rule=f"{prefix}STARFACE: {starface.rule}. Teams: {teams.rule}.",
+        shown_dnd=shown_dnd,
+        shown_text=shown_text,
+        dnd_override=dnd_override,
+        dnd_override_ended=dnd_override_ended,
     )

@@ -29,7 +29,17 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from service.bridge.decisions import DecisionLog, DecisionRecord, queue_decision
-from service.bridge.desired import Decision, ObservedUser, TeamsSession, decide, echo_of_bridge
+from service.bridge.desired import (
+    DND_ENFORCE,
+    DND_RESPECT,
+    Decision,
+    DndOverride,
+    ObservedUser,
+    StarfaceShown,
+    TeamsSession,
+    decide,
+    echo_of_bridge,
+)
 from service.bridge.due import Schedule
 from service.bridge.identity import IdentityStore
 from service.bridge.mapping import Mapping, format_table
@@ -95,6 +105,8 @@ class _Outcome:
     not_before: float | None = None
     updates: dict[str, object] = field(default_factory=dict)
     applied_at: float | None = None
+    # Decide again then without new input (the rewrite budget opens again).
+    recheck_at: float | None = None
 
     def done(self, action: str, result: str, when: float) -> None:
         self.actions.append(action)
@@ -163,6 +175,18 @@ async def gather_inputs(
         last_call_ended_at=bridge.last_call_ended_at,
         bridge_session=session,
         groups=await groups(login) if login else frozenset(),
+        applied_dnd=bridge.applied_dnd,
+        applied_text=bridge.applied_text,
+        shown=(
+            StarfaceShown(bridge.seen_dnd, bridge.seen_text, bridge.seen_at)
+            if bridge.seen_is_fresh and bridge.seen_at is not None
+            else None
+        ),
+        dnd_override=(
+            DndOverride(bridge.override_dnd, bridge.override_since or 0.0, bridge.override_teams)
+            if bridge.override_dnd is not None
+            else None
+        ),
     )
     return Inputs(user, observed, bridge, calls, login)
 
@@ -182,6 +206,8 @@ class Reconciler:
         call_max_seconds: float = 12 * 3600,
         hold_seconds: float = 15.0,
         concurrency: int = 20,
+        dnd_policy: str = DND_RESPECT,
+        rewrites_per_hour: int = 6,
     ) -> None:
         self.redis = redis
         self.mapping = mapping
@@ -193,6 +219,8 @@ class Reconciler:
         # Re-send well before expiry: a slow Graph answer must not let the session lapse.
         self.refresh_margin = max(60.0, presence_seconds * 0.4)
         self.call_max_seconds = call_max_seconds
+        self.dnd_policy = dnd_policy
+        self.rewrites_per_hour = rewrites_per_hour
         self.state = UserStateStore(redis)
         self.identity = IdentityStore(redis)
         self.hold_seconds = hold_seconds
@@ -391,9 +419,10 @@ class Reconciler:
             inputs.calls,
             inputs.login,
         )
-        decision = decide(user, self.mapping, now=now)
+        decision = decide(user, self.mapping, now=now, dnd_policy=self.dnd_policy)
         outcome = _Outcome()
-        await self._apply_starface(decision, bridge, login, outcome)
+        self._keep_override(decision, bridge, outcome)
+        await self._apply_starface(user_id, decision, bridge, login, outcome)
         await self._apply_teams(user_id, decision, bridge, outcome)
         for service, waiting in self.waiting.items():
             if service in outcome.down:
@@ -417,8 +446,44 @@ class Reconciler:
         self.reconciled += 1
         return next_due
 
+    def _keep_override(self, decision: Decision, bridge: BridgeRecord, outcome: _Outcome) -> None:
+        """Store the user's own DND that stands, or forget the one that ended."""
+        kept = decision.dnd_override
+        if kept is None:
+            if bridge.override_dnd is not None:
+                outcome.updates.update(override_dnd=None, override_since=None, override_teams=None)
+            return
+        if bridge.override_dnd is None:
+            metrics.STARFACE_DND_OVERRIDES.labels(self.dnd_policy).inc()
+        if (bridge.override_dnd, bridge.override_since, bridge.override_teams) != (
+            kept.dnd,
+            kept.since,
+            kept.teams,
+        ):
+            outcome.updates.update(
+                override_dnd=kept.dnd, override_since=kept.since, override_teams=kept.teams
+            )
+
+    async def _restore_allowed(self, user_id: str, field_name: str, what: str, outcome: _Outcome) -> bool:
+        """Whether the hour's rewrite budget allows restoring ``field_name``; a refusal is counted,
+        recorded and brings the user back when the budget opens again."""
+        now = self.clock()
+        budget = await self.state.take_rewrite(user_id, now, self.rewrites_per_hour)
+        if budget.taken:
+            metrics.STARFACE_REWRITES.labels(field_name, "written").inc()
+            return True
+        metrics.STARFACE_REWRITES.labels(field_name, "capped").inc()
+        outcome.actions.append(f"STARFACE restore {what}")
+        outcome.results.append(
+            f"capped: {budget.used} restore(s) in the last hour, STARFACE_REWRITES_PER_HOUR="
+            f"{self.rewrites_per_hour}"
+        )
+        if budget.reopens_at is not None:
+            outcome.recheck_at = budget.reopens_at
+        return False
+
     async def _apply_starface(
-        self, decision: Decision, bridge: BridgeRecord, login: str | None, outcome: _Outcome
+        self, user_id: str, decision: Decision, bridge: BridgeRecord, login: str | None, outcome: _Outcome
     ) -> None:
         wanted = decision.starface
         changes: list[tuple[str, Callable[[], Awaitable[None]], dict[str, object]]] = []
@@ -427,26 +492,46 @@ class Reconciler:
                 outcome.actions.append("STARFACE")
                 outcome.results.append("skipped: no STARFACE login linked to this Teams user")
             return
-        if wanted.dnd is not None and wanted.dnd != bridge.applied_dnd:
+        if wanted.dnd is not None and wanted.dnd != decision.shown_dnd:
             dnd = wanted.dnd
-            changes.append(
-                (
-                    f"STARFACE DND {'on' if dnd else 'off'}",
-                    lambda: self.starface.set_dnd(login, dnd),
-                    {"applied_dnd": dnd},
+            # The bridge wrote this already and someone else changed it: a restore, within budget.
+            restore = dnd == bridge.applied_dnd and not decision.dnd_override_ended
+            if restore and self.dnd_policy == DND_ENFORCE:
+                metrics.STARFACE_DND_OVERRIDES.labels(DND_ENFORCE).inc()
+            if not restore or await self._restore_allowed(
+                user_id, "dnd", f"DND {'on' if dnd else 'off'}", outcome
+            ):
+                changes.append(
+                    (
+                        f"STARFACE DND {'on' if dnd else 'off'}" + (" (restore)" if restore else ""),
+                        lambda: self.starface.set_dnd(login, dnd),
+                        {"applied_dnd": dnd},
+                    )
                 )
-            )
-        if wanted.text is not None and wanted.text != bridge.applied_text:
+        elif wanted.dnd is not None and wanted.dnd != bridge.applied_dnd:
+            # STARFACE already shows what is wanted (the user set it): adopt it, write nothing.
+            outcome.updates.update(applied_dnd=wanted.dnd)
+        if wanted.text is not None and wanted.text != decision.shown_text:
             text = wanted.text
-            changes.append(
-                (
-                    f"STARFACE status text {text!r}",
-                    lambda: self.starface.set_status_text(login, text),
-                    {"applied_text": text},
+            restore = text == bridge.applied_text
+            if not restore or await self._restore_allowed(user_id, "text", f"status text {text!r}", outcome):
+                changes.append(
+                    (
+                        f"STARFACE status text {text!r}" + (" (restore)" if restore else ""),
+                        lambda: self.starface.set_status_text(login, text),
+                        {"applied_text": text},
+                    )
                 )
-            )
+        elif wanted.text is not None and wanted.text != bridge.applied_text:
+            outcome.updates.update(applied_text=wanted.text)
+        if not changes:
+            return
+        # Write-ahead: a read-back that overlaps this write must not be taken for someone
+        # else's change (service.bridge.readback).
+        await self.state.update_bridge(user_id, writing_at=self.clock())
         # DND and text are independent writes: sending them together halves the wait on the PBX.
         results = await asyncio.gather(*(call() for _, call, _ in changes), return_exceptions=True)
+        outcome.updates.update(writing_at=None, written_at=self.clock())
         for (action, _, update), result in zip(changes, results, strict=True):
             if isinstance(result, (CredentialsMissing, CredentialsUnreadable, LoginRefused)):
                 outcome.slow_retry = True
@@ -506,6 +591,8 @@ class Reconciler:
             candidates.append(max(retry, outcome.not_before or 0.0))
         if decision.recheck_at is not None:
             candidates.append(decision.recheck_at)
+        if outcome.recheck_at is not None:
+            candidates.append(outcome.recheck_at)
         expires = outcome.updates.get("session_expires_at", bridge.session_expires_at)
         if decision.teams.presence is not None and isinstance(expires, float):
             candidates.append(expires - self.refresh_margin)
@@ -537,6 +624,13 @@ class Reconciler:
             ),
             "echo": decision.echo,
         }
+        if user.shown is not None:
+            inputs["starface_shows"] = (
+                f"DND {'unknown' if user.shown.dnd is None else ('on' if user.shown.dnd else 'off')}, "
+                f"text {user.shown.text!r}"
+            )
+        if decision.dnd_override is not None:
+            inputs["own_dnd"] = "on" if decision.dnd_override.dnd else "off"
         if decision.group:
             inputs["group"] = decision.group
         trigger = "presence" if observed is not None else "calls"
@@ -548,6 +642,17 @@ class Reconciler:
             newest_call = max(newest_call or 0.0, user.last_call_ended_at)
         if newest_call is not None and newest_call > started:
             trigger, started = "call", newest_call
+        # A restore answers the read-back that found the overwrite, not the last Teams change.
+        shown = user.shown
+        if (
+            shown is not None
+            and shown.at > started
+            and (
+                (shown.dnd is not None and shown.dnd != user.applied_dnd)
+                or (shown.text is not None and shown.text != user.applied_text)
+            )
+        ):
+            trigger, started = "read-back", shown.at
         latency = (outcome.applied_at - started) * 1000 if outcome.applied_at is not None else None
         if latency is not None:
             side = outcome.actions[-1].split()[0]

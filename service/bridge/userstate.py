@@ -7,7 +7,13 @@ For each bridged user (keyed by Entra id, so all keys share one hash slot):
 - the bridge record: what the bridge last applied to STARFACE (DND, text), what its Teams session
   holds (presence, expiry, when it was cleared), the user's own Teams state (the newest observed
   change that was not the echo of the bridge's session, with its version), the end of the last
-  call, and the failure streak used for backoff.
+  call, and the failure streak used for backoff;
+- the read-back: what STARFACE showed at the last ``getUserState`` (``seen_*``, with the time the
+  read was sent), when the bridge's last STARFACE write began and ended (``writing_at``,
+  ``written_at``), and a DND the user switched themselves that the bridge respects
+  (``override_*``, docs/readback.md);
+- the times of the last hour's rewrites (``keys.user_rewrites``), which
+  ``STARFACE_REWRITES_PER_HOUR`` bounds.
 """
 
 from __future__ import annotations
@@ -66,6 +72,47 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. first_seen)
 return 1
 """
 
+# KEYS: bridge. ARGV: read sent at, dnd ('1'/'0'/'' unknown), text known ('1'/'0'), text, now,
+# in-flight limit (s). Stores what STARFACE showed unless a bridge write overlapped the read, and
+# answers how the read compares: in_flight, stale, match, differs (nothing new) or due (new: the
+# user needs a reconcile).
+_RECORD_SEEN = """
+local f = redis.call('HMGET', KEYS[1], 'writing_at', 'written_at', 'seen_dnd', 'seen_text', 'seen_at',
+  'applied_dnd', 'applied_text')
+local sent = tonumber(ARGV[1])
+if f[1] and tonumber(ARGV[5]) - tonumber(f[1]) < tonumber(ARGV[6]) then return 'in_flight' end
+local written = tonumber(f[2] or '-1')
+if sent <= written then return 'stale' end
+local text = ARGV[3] == '1' and ARGV[4] or false
+local was_fresh = f[5] ~= false and tonumber(f[5]) > written
+local same = was_fresh and (f[3] or '') == ARGV[2] and f[4] == text
+redis.call('HSET', KEYS[1], 'seen_at', ARGV[1], 'seen_dnd', ARGV[2])
+if text then redis.call('HSET', KEYS[1], 'seen_text', text) else redis.call('HDEL', KEYS[1], 'seen_text') end
+local differs = (ARGV[2] ~= '' and f[6] and f[6] ~= ARGV[2]) or (text and f[7] and f[7] ~= text)
+if not differs then return 'match' end
+if same then return 'differs' end
+return 'due'
+"""
+
+# KEYS: rewrites. ARGV: now, limit per hour. Takes one rewrite from the hour's budget if any is
+# left; answers {taken (1/0), rewrites in the hour, oldest of them}.
+_TAKE_REWRITE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[1]) - 3600)
+local used = redis.call('ZCARD', KEYS[1])
+local taken = 0
+if used < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[1])
+  redis.call('EXPIRE', KEYS[1], 3600)
+  used = used + 1
+  taken = 1
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {taken, used, oldest[2] or ''}
+"""
+
+# A bridge write older than this is no longer "in flight" (its process died mid-write).
+WRITE_IN_FLIGHT_SECONDS = 60.0
+
 _FIELDS = (
     "session",
     "session_expires_at",
@@ -76,6 +123,14 @@ _FIELDS = (
     "last_call_ended_at",
     "failures",
     "last_error",
+    "seen_dnd",
+    "seen_text",
+    "seen_at",
+    "writing_at",
+    "written_at",
+    "override_dnd",
+    "override_since",
+    "override_teams",
 )
 
 
@@ -97,6 +152,33 @@ class BridgeRecord:
     last_call_ended_at: float | None = None
     failures: int = 0
     last_error: str | None = None
+    seen_dnd: bool | None = None
+    seen_text: str | None = None
+    seen_at: float | None = None
+    writing_at: float | None = None
+    written_at: float | None = None
+    override_dnd: bool | None = None
+    override_since: float | None = None
+    override_teams: TeamsPresence | None = None
+
+    @property
+    def seen_is_fresh(self) -> bool:
+        """The last read-back was sent after the bridge's last STARFACE write ended."""
+        return self.seen_at is not None and (self.written_at is None or self.seen_at > self.written_at)
+
+
+@dataclass(frozen=True)
+class Rewrites:
+    """The rewrite budget after asking for one: whether it was granted, how many the last hour
+    holds, and when the oldest of them leaves the hour."""
+
+    taken: bool
+    used: int
+    reopens_at: float | None
+
+
+def _flag(value: str | None) -> bool | None:
+    return None if not value else value == "1"
 
 
 def _float(value: str | None) -> float | None:
@@ -125,6 +207,8 @@ class UserStateStore:
         self.redis = redis
         self._apply_call = redis.register_script(_APPLY_CALL)
         self._offer_own = redis.register_script(_OFFER_OWN)
+        self._record_seen = redis.register_script(_RECORD_SEEN)
+        self._take_rewrite = redis.register_script(_TAKE_REWRITE)
 
     async def offer_own(
         self, user_id: str, presence: TeamsPresence, sequence: str | None, received_at: float
@@ -170,6 +254,34 @@ class UserStateStore:
             [str(presence), sequence or "", repr(received_at)],
         )
 
+    async def record_seen(
+        self, user_id: str, *, sent_at: float, dnd: bool | None, text: str | None, now: float
+    ) -> str:
+        """Store what a read-back sent at ``sent_at`` found, unless a bridge write overlapped it;
+        returns in_flight, stale, match, differs or due (see ``_RECORD_SEEN``)."""
+        result = await self._record_seen(
+            keys=[keys.user_bridge(user_id)],
+            args=[
+                repr(sent_at),
+                "" if dnd is None else ("1" if dnd else "0"),
+                "0" if text is None else "1",
+                text or "",
+                repr(now),
+                WRITE_IN_FLIGHT_SECONDS,
+            ],
+        )
+        return decoded(result)
+
+    async def take_rewrite(self, user_id: str, now: float, per_hour: int) -> Rewrites:
+        taken, used, oldest = await self._take_rewrite(
+            keys=[keys.user_rewrites(user_id)], args=[repr(now), per_hour]
+        )
+        first = decoded(oldest)
+        return Rewrites(bool(int(taken)), int(used), float(first) + 3600 if first else None)
+
+    async def rewrites_in_hour(self, user_id: str, now: float) -> int:
+        return int(await self.redis.zcount(keys.user_rewrites(user_id), now - 3600, "+inf"))
+
     async def update_bridge(self, user_id: str, **fields: object) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             queue_bridge_update(pipe, user_id, fields)
@@ -202,15 +314,22 @@ def parse_calls(raw: dict[Any, Any]) -> list[Call]:
 def parse_bridge(raw: dict[Any, Any]) -> BridgeRecord:
     """The bridge record from its hash's reply (empty: a user the bridge never acted for)."""
     data = {decoded(k): decoded(v) for k, v in raw.items()}
-    dnd = data.get("applied_dnd")
     return BridgeRecord(
         session=_presence(data.get("session")),
         session_expires_at=_float(data.get("session_expires_at")),
         session_cleared_at=_float(data.get("session_cleared_at")),
         own_teams=_presence(data.get("own_teams")),
-        applied_dnd=None if dnd is None else dnd == "1",
+        applied_dnd=_flag(data.get("applied_dnd")),
         applied_text=data.get("applied_text"),
         last_call_ended_at=_float(data.get("last_call_ended_at")),
         failures=int(data.get("failures", "0")),
         last_error=data.get("last_error"),
+        seen_dnd=_flag(data.get("seen_dnd")),
+        seen_text=data.get("seen_text"),
+        seen_at=_float(data.get("seen_at")),
+        writing_at=_float(data.get("writing_at")),
+        written_at=_float(data.get("written_at")),
+        override_dnd=_flag(data.get("override_dnd")),
+        override_since=_float(data.get("override_since")),
+        override_teams=_presence(data.get("override_teams")),
     )

@@ -427,7 +427,14 @@ def _run_explain(args: argparse.Namespace) -> int:
 
     async def job(redis: aioredis.Redis) -> int:
         try:
-            print(await explain(redis, args.who, limit=max(1, args.limit)))
+            text = await explain(
+                redis,
+                args.who,
+                limit=max(1, args.limit),
+                dnd_policy=settings.starface_dnd_policy,
+                rewrites_per_hour=settings.starface_rewrites_per_hour,
+            )
+            print(text)
         except UnknownPerson as exc:
             say(f"{exc}")
             return EXIT_USAGE

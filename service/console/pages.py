@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import time
+
 from starlette.requests import Request
 from starlette.responses import Response
 
 from service.bridge.decisions import DecisionLog
+from service.bridge.userstate import UserStateStore
 from service.console.context import console_of
 from service.console.users import FILTERS
 from service.ops import status
+from service.ops.explain import read_back_view
 
 
 async def overview(request: Request) -> Response:
@@ -50,7 +54,18 @@ async def user(request: Request) -> Response:
         return console.render(request, "error.html", status=404, detail=f"no bridged STARFACE user {login!r}")
     row = found[0]
     decisions = await DecisionLog(console.redis).recent(row.user_id, 50) if row.user_id else []
-    return console.render(request, "user.html", row=row, decisions=decisions)
+    read_back = None
+    if row.user_id:
+        bridge = await UserStateStore(console.redis).bridge(row.user_id)
+        read_back = await read_back_view(
+            console.redis,
+            row.user_id,
+            bridge,
+            time.time(),
+            dnd_policy=console.settings.starface_dnd_policy,
+            rewrites_per_hour=console.settings.starface_rewrites_per_hour,
+        )
+    return console.render(request, "user.html", row=row, decisions=decisions, read_back=read_back)
 
 
 async def audit(request: Request) -> Response:

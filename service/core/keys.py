@@ -159,6 +159,12 @@ def user_bridge(user_id: str) -> str:
     return f"{PREFIX}:{{u:{user_id}}}:bridge"
 
 
+def user_rewrites(user_id: str) -> str:
+    """Zset: when the bridge restored an overwritten STARFACE DND or text (member = score = time),
+    the last hour of them: what STARFACE_REWRITES_PER_HOUR counts."""
+    return f"{PREFIX}:{{u:{user_id}}}:starface:rewrites"
+
+
 def user_decisions(user_id: str) -> str:
     """List: the user's last decisions, newest first, as JSON."""
     return f"{PREFIX}:{{u:{user_id}}}:decisions"

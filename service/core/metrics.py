@@ -94,6 +94,24 @@ GRAPH_THROTTLED = Counter(
     ["status"],
 )
 
+STARFACE_READ_BACKS = Counter(
+    "presence_bridge_starface_read_backs_total",
+    "getUserState read-backs by result: match (what the bridge applied), differs (someone else "
+    "changed DND or text), in_flight or stale (a bridge write overlapped the read; ignored), failed",
+    ["result"],
+)
+STARFACE_REWRITES = Counter(
+    "presence_bridge_starface_rewrites_total",
+    "Writes restoring a DND or status text someone else overwrote on STARFACE (written), and restores "
+    "refused by STARFACE_REWRITES_PER_HOUR (capped)",
+    ["field", "outcome"],
+)
+STARFACE_DND_OVERRIDES = Counter(
+    "presence_bridge_starface_dnd_overrides_total",
+    "Times a user switched DND themselves (phone key, app) against what the bridge applied, by policy",
+    ["policy"],
+)
+
 STARFACE_CALLBACKS = Counter(
     "presence_bridge_starface_callbacks_total",
     "UCI callbacks from the PBX by outcome: accepted, ignored (not a call state), or why refused",

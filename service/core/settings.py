@@ -338,6 +338,24 @@ class Settings(BaseSettings):
     starface_keepalive_seconds: Annotated[int, BeforeValidator(_positive_int)] = _setting(
         30, "STARFACE_KEEPALIVE_SECONDS", "Interval of UCI keepAlive calls per user session"
     )
+    starface_read_back: Annotated[bool, BeforeValidator(_bool)] = _setting(
+        True,
+        "STARFACE_READ_BACK",
+        "Read each user's DND and status text (UCI getUserState) with every keepAlive, to restore "
+        "an overwritten text and notice DND switched on the phone",
+    )
+    starface_rewrites_per_hour: Annotated[int, BeforeValidator(_non_negative_int)] = _setting(
+        6,
+        "STARFACE_REWRITES_PER_HOUR",
+        "At most this many writes per user and hour that restore what someone else overwrote on "
+        "STARFACE (e.g. the UCC client's status text); 0 = never restore",
+    )
+    starface_dnd_policy: Annotated[str, BeforeValidator(_choice("respect", "enforce"))] = _setting(
+        "respect",
+        "STARFACE_DND_POLICY",
+        "DND the user switched themselves (phone key, app): respect = it stands until their Teams "
+        "state next changes; enforce = the bridge writes its own DND again",
+    )
     starface_select_all: Annotated[bool, BeforeValidator(_bool)] = _setting(
         False, "STARFACE_SELECT_ALL", "Bridge every STARFACE user"
     )

@@ -12,6 +12,7 @@ from service.bridge.desired import decide
 from service.bridge.identity import IdentityStore
 from service.bridge.mapping import Mapping
 from service.bridge.reconciler import gather_inputs
+from service.bridge.userstate import BridgeRecord, UserStateStore
 from service.starface.directory import DirectoryStore
 from service.starface.rest import StarfaceUser
 
@@ -42,7 +43,17 @@ async def find(redis: aioredis.Redis, who: str) -> Person:
     return Person(login, user_id, entry)
 
 
-async def explain(redis: aioredis.Redis, who: str, *, limit: int = 50, now: float | None = None) -> str:
+async def explain(
+    redis: aioredis.Redis,
+    who: str,
+    *,
+    limit: int = 50,
+    now: float | None = None,
+    dnd_policy: str | None = None,
+    rewrites_per_hour: int | None = None,
+) -> str:
+    """``dnd_policy`` and ``rewrites_per_hour`` are the settings in force (STARFACE_DND_POLICY,
+    STARFACE_REWRITES_PER_HOUR); ``None`` where the caller does not know them."""
     person = await find(redis, who)
     now = time.time() if now is None else now
     entry = person.directory
@@ -71,12 +82,87 @@ async def explain(redis: aioredis.Redis, who: str, *, limit: int = 50, now: floa
         f"  applied         DND {_yes_no(bridge.applied_dnd)}, status text {bridge.applied_text!r}",
         f"  Teams session   {session}",
     ]
+    view = await read_back_view(
+        redis, person.user_id, bridge, now, dnd_policy=dnd_policy, rewrites_per_hour=rewrites_per_hour
+    )
+    lines += [
+        f"  STARFACE shows  {view.shows}",
+        f"  user's own DND  {view.own_dnd}",
+        f"  restores        {view.restores}",
+    ]
     if bridge.last_error:
         lines.append(f"  failing         {bridge.failures} time(s) in a row: {bridge.last_error}")
     records = await DecisionLog(redis).recent(person.user_id, limit)
     lines.append(f"last {len(records)} decision(s), newest first:")
     lines += [record.format() for record in records] or ["  none yet"]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ReadBackView:
+    """What the read-back knows about a user, one sentence each (``explain``, the console)."""
+
+    shows: str
+    own_dnd: str
+    restores: str
+
+
+async def read_back_view(
+    redis: aioredis.Redis,
+    user_id: str,
+    bridge: BridgeRecord,
+    now: float,
+    *,
+    dnd_policy: str | None,
+    rewrites_per_hour: int | None,
+) -> ReadBackView:
+    return ReadBackView(
+        shows=_shown(bridge, now),
+        own_dnd=_own_dnd(bridge, dnd_policy),
+        restores=await _restores(redis, user_id, now, rewrites_per_hour),
+    )
+
+
+def _shown(bridge: BridgeRecord, now: float) -> str:
+    """What the last read-back found, and whether it still counts (newer than the last write)."""
+    if bridge.seen_at is None:
+        return "not read back yet (STARFACE_READ_BACK, every keepAlive)"
+    text = "unknown" if bridge.seen_text is None else repr(bridge.seen_text)
+    found = f"DND {_yes_no(bridge.seen_dnd)}, status text {text} (read {now - bridge.seen_at:.0f}s ago)"
+    if not bridge.seen_is_fresh:
+        return f"{found}; the bridge wrote since: the next read-back tells"
+    differs = []
+    if (
+        bridge.seen_dnd is not None
+        and bridge.applied_dnd is not None
+        and bridge.seen_dnd != bridge.applied_dnd
+    ):
+        differs.append("DND")
+    if (
+        bridge.seen_text is not None
+        and bridge.applied_text is not None
+        and bridge.seen_text != bridge.applied_text
+    ):
+        differs.append("status text")
+    return f"{found}; " + (
+        f"{' and '.join(differs)} differ from what the bridge applied" if differs else "as applied"
+    )
+
+
+def _own_dnd(bridge: BridgeRecord, policy: str | None) -> str:
+    named = f"policy {policy} (STARFACE_DND_POLICY)" if policy else "policy: see STARFACE_DND_POLICY"
+    if bridge.override_dnd is None:
+        return f"none in force; {named}"
+    return (
+        f"{_yes_no(bridge.override_dnd)}, switched by the user and respected until their Teams state "
+        f"changes from {bridge.override_teams or 'unknown'}; {named}"
+    )
+
+
+async def _restores(redis: aioredis.Redis, user_id: str, now: float, limit: int | None) -> str:
+    used = await UserStateStore(redis).rewrites_in_hour(user_id, now)
+    bound = f"at most {limit}" if limit is not None else "bounded"
+    return f"{used} in the last hour ({bound} per STARFACE_REWRITES_PER_HOUR)"
 
 
 def _yes_no(value: bool | None) -> str:

@@ -81,6 +81,8 @@ class DemoWorld:
     state_dir: Path
     users: int = 3
     graph_options: dict[str, Any] = field(default_factory=dict)
+    # Options of the STARFACE sandbox, e.g. {"wire_types": "extensions"}.
+    starface_options: dict[str, Any] = field(default_factory=dict)
     settings_overrides: dict[str, str] = field(default_factory=dict)
     clock: Clock | None = None
     # Run the bridge on the Graph sandbox's clock, so a test can speed time up for both.
@@ -121,7 +123,11 @@ class DemoWorld:
         if self.graph_clock:
             self.clock = self.graph.clock
         self._starface_thread = SandboxThread(
-            StarfaceOptions(state_dir=self.state_dir / "starface", callback_ca_file=self.graph.ca_file)
+            StarfaceOptions(
+                state_dir=self.state_dir / "starface",
+                callback_ca_file=self.graph.ca_file,
+                **self.starface_options,
+            )
         )
         self.starface = self._starface_thread.start()
         bundle = await asyncio.to_thread(

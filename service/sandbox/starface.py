@@ -29,7 +29,9 @@ from service.sandbox.secretfile import write_secret
 from service.sandbox.starface_app import build_control_app, build_pbx_app
 from service.sandbox.starface_callbacks import Dispatcher
 from service.sandbox.starface_context import Context
+from service.sandbox.starface_control import stop_ucc_clients
 from service.sandbox.starface_model import DEFAULT_SESSION_TIMEOUT_SECONDS, Pbx
+from service.sandbox.starface_wire import PLAIN, WIRE_TYPES, Wire
 from service.sandbox.tls import CertificateAuthority
 from service.web.server import AppServer, LoopThread
 
@@ -49,6 +51,8 @@ class SandboxOptions:
     session_timeout: float = DEFAULT_SESSION_TIMEOUT_SECONDS
     callback_ca_file: Path | None = None
     clock: Clock | None = None
+    # "plain" (the documented types) or "extensions" (Apache XML-RPC's ex:i8, nil, untyped strings).
+    wire_types: str = PLAIN
 
 
 class StarfaceSandbox:
@@ -73,8 +77,11 @@ class StarfaceSandbox:
             state_dir / "oauth-client-secret", self.pbx.oauth_client_secret + "\n"
         )
         trust = client_context(options.callback_ca_file or self.ca_file)
-        self.dispatcher = Dispatcher(self.clock, trust, self._session_is_live)
-        self.context = Context(self.pbx, self.dispatcher, self.control_token)
+        if options.wire_types not in WIRE_TYPES:
+            raise ValueError(f"wire_types must be one of {', '.join(WIRE_TYPES)}")
+        wire = Wire(options.wire_types)
+        self.dispatcher = Dispatcher(self.clock, trust, self._session_is_live, wire=wire)
+        self.context = Context(self.pbx, self.dispatcher, self.control_token, wire=wire)
         self.context.set_listening = self._set_listening
         server_tls: ssl.SSLContext | None = None
         if options.tls:
@@ -126,6 +133,7 @@ class StarfaceSandbox:
         )
 
     async def stop(self) -> None:
+        await stop_ucc_clients(self.context)
         await self._pbx_listener.stop()
         await self._control_listener.stop()
         await self.dispatcher.close()
@@ -182,6 +190,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     users.add_argument("--seed-users", type=int, default=3, help="create N users 0001..N (default 3)")
     users.add_argument("--users-file", type=Path, default=None, help="JSON list of users to create")
     parser.add_argument("--email-domain", default="example.com", help="domain of seeded users' e-mail")
+    parser.add_argument(
+        "--wire-types",
+        choices=WIRE_TYPES,
+        default=PLAIN,
+        help="value types of UCI answers and callbacks: plain (default) or extensions (Java's ex:i8, nil)",
+    )
 
 
 def _seed(pbx: Pbx, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -228,6 +242,7 @@ async def _serve(args: argparse.Namespace) -> None:
         oauth_client_secret=args.oauth_client_secret,
         session_timeout=args.session_timeout,
         callback_ca_file=args.callback_ca_file,
+        wire_types=args.wire_types,
     )
     # Handle SIGTERM before saying we are ready: a caller may stop us the moment it reads the URLs.
     stop = asyncio.Event()

@@ -32,8 +32,9 @@ from service.sandbox.starface_records import (
     OAuthError,
     User,
 )
+from service.sandbox.starface_wire import dumps_response as wire_response
 from service.starface import protocol as sp
-from service.starface.xmlrpc import DEFAULT_MAX_BYTES, XmlRpcError, dumps_fault, dumps_response, parse_call
+from service.starface.xmlrpc import DEFAULT_MAX_BYTES, XmlRpcError, dumps_fault, parse_call
 from service.web.body import BodyTooLarge, read_bounded
 
 MAX_JSON_BYTES = 16 * 1024
@@ -329,7 +330,7 @@ def _uci_route(ctx: Context) -> Route:
             session = pbx.session(user.login)
             if session is not None and _callback_from(query) is not None:
                 session.callback_requests += 1
-            return Response(dumps_response(answer), media_type=XML)
+            return Response(wire_response(answer, ctx.wire.types), media_type=XML)
         except NotLoggedIn:
             return _fault(sp.FAULT_NOT_LOGGED_IN, sp.FAULT_NOT_LOGGED_IN_TEXT)
         except InvalidInput as exc:

@@ -21,7 +21,8 @@ import aiohttp
 
 from service.sandbox.clock import Clock
 from service.sandbox.starface_records import CallEvent
-from service.starface.xmlrpc import Fault, XmlRpcError, dumps_call, parse_response
+from service.sandbox.starface_wire import Wire, dumps_call
+from service.starface.xmlrpc import Fault, XmlRpcError, parse_response
 
 DELIVERY_TIMEOUT_SECONDS = 5.0
 MAX_RESPONSE_BYTES = 64 * 1024
@@ -72,8 +73,10 @@ class Dispatcher:
         ssl_context: ssl.SSLContext,
         is_live: Callable[[str, str], bool],
         timeout: float = DELIVERY_TIMEOUT_SECONDS,
+        wire: Wire | None = None,
     ) -> None:
         self._clock = clock
+        self.wire = wire or Wire()
         self._ssl = ssl_context
         self._is_live = is_live
         self._timeout = timeout
@@ -125,7 +128,8 @@ class Dispatcher:
             error = "session gone"
         else:
             try:
-                status, body = await self._post(url, dumps_call(event.method, [event.struct]))
+                body = dumps_call(event.method, [event.struct], self.wire.types)
+                status, body = await self._post(url, body)
                 if 200 <= status < 300:
                     parse_response(body, max_bytes=MAX_RESPONSE_BYTES)
                     ok = True

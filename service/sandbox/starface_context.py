@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,6 +11,7 @@ from starlette.responses import JSONResponse
 
 from service.sandbox.starface_callbacks import Dispatcher
 from service.sandbox.starface_model import Pbx
+from service.sandbox.starface_wire import Wire
 
 
 @dataclass
@@ -38,6 +40,10 @@ class Context:
     dispatcher: Dispatcher
     control_token: str = field(repr=False)
     faults: Faults = field(default_factory=Faults)
+    # How UCI answers and callbacks spell their values (service.sandbox.starface_wire).
+    wire: Wire = field(default_factory=Wire)
+    # login -> the running "UCC client" that overwrites the user's status text (control API).
+    ucc_clients: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     # Set by the server: closes or reopens the PBX listener for the "refuse" fault.
     set_listening: Callable[[bool], Awaitable[None]] | None = None
     info: dict[str, Any] = field(default_factory=dict)

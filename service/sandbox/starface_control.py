@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,7 @@ from service.sandbox.starface_records import (
     NotFound,
     User,
 )
+from service.sandbox.starface_wire import WIRE_TYPES
 from service.web.body import BodyTooLarge, read_bounded
 
 MAX_CONTROL_BYTES = 1024 * 1024
@@ -201,6 +203,34 @@ class ControlApi:
         self.pbx.set_status_text(login, body.text("text"), "phone", None)
         return _user_view(self.pbx, self.pbx.user(login))
 
+    async def start_ucc(self, request: Request, body: _Body) -> Any:
+        login = request.path_params["login"]
+        self.pbx.user(login)
+        every = body.number("everySeconds", 30.0)
+        if every <= 0:
+            raise InvalidInput("everySeconds", "must be positive")
+        text = body.text("text")
+        await _stop_ucc(self.ctx, login)
+        task = asyncio.create_task(_ucc_client(self.pbx, login, text, every), name=f"ucc-client-{login}")
+        self.ctx.ucc_clients[login] = task
+        task.add_done_callback(lambda done: _forget_ucc(self.ctx, login, done))
+        return {"login": login, "everySeconds": every, "text": text}
+
+    async def stop_ucc(self, request: Request, _: _Body) -> Any:
+        login = request.path_params["login"]
+        if not await _stop_ucc(self.ctx, login):
+            raise NotFound("UCC client", login)
+
+    async def get_modes(self, _: Request, __: _Body) -> Any:
+        return {"wireTypes": self.ctx.wire.types}
+
+    async def put_modes(self, _: Request, body: _Body) -> Any:
+        types = body.text("wireTypes", self.ctx.wire.types)
+        if types not in WIRE_TYPES:
+            raise InvalidInput("wireTypes", f"must be one of {', '.join(WIRE_TYPES)}")
+        self.ctx.wire.types = types
+        return {"wireTypes": types}
+
     async def history(self, request: Request, _: _Body) -> Any:
         login = request.path_params["login"]
         return {
@@ -338,6 +368,10 @@ def control_routes(ctx: Context) -> list[Route]:
         route(f"{user}/dnd", api.set_dnd, "PUT"),
         route(f"{user}/status-text", api.set_text, "PUT"),
         route(f"{user}/history", api.history, "GET"),
+        route(f"{user}/ucc-client", api.start_ucc, "PUT"),
+        route(f"{user}/ucc-client", api.stop_ucc, "DELETE"),
+        route("/control/modes", api.get_modes, "GET"),
+        route("/control/modes", api.put_modes, "PUT"),
         route(f"{user}/session", api.get_session, "GET"),
         route(f"{user}/session", api.drop_session, "DELETE"),
         route("/control/groups", api.add_group, "POST", 201),
@@ -363,3 +397,34 @@ async def _apply_down(ctx: Context, mode: str) -> None:
     ctx.faults.down = mode
     if ctx.set_listening is not None and (previous == "refuse") != (mode == "refuse"):
         await ctx.set_listening(mode != "refuse")
+
+
+async def _ucc_client(pbx: Pbx, login: str, text: str, every: float) -> None:
+    """The user's desktop UCC client: it writes its own presence text now and every ``every``
+    seconds of sandbox time, whatever anyone else set meanwhile; it ends with the user."""
+    while True:
+        try:
+            pbx.set_status_text(login, text, "ucc", None)
+        except NotFound:
+            return
+        await pbx.clock.sleep(every)
+
+
+def _forget_ucc(ctx: Context, login: str, task: asyncio.Task[None]) -> None:
+    if ctx.ucc_clients.get(login) is task:
+        del ctx.ucc_clients[login]
+
+
+async def _stop_ucc(ctx: Context, login: str) -> bool:
+    task = ctx.ucc_clients.pop(login, None)
+    if task is None:
+        return False
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return True
+
+
+async def stop_ucc_clients(ctx: Context) -> None:
+    for login in list(ctx.ucc_clients):
+        await _stop_ucc(ctx, login)

@@ -61,6 +61,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Called after each successful keepAlive with the login and a function that reads the user's
+# state (getUserState); the bridge records it (service.bridge.readback).
+ReadBackHook = Callable[[str, Callable[[], Awaitable[UserState]]], Awaitable[object]]
+
 ACTIVE = "active"
 FAILED = "failed"
 LOGGED_OUT = "logged_out"
@@ -164,6 +168,7 @@ class SessionManager:
         max_refused_per_hour: int = 3,
         batch: int = 200,
         concurrency: int = 50,
+        read_back: ReadBackHook | None = None,
     ) -> None:
         if not settings.starface_base_url:
             raise ValueError("STARFACE_BASE_URL is needed for UCI sessions")
@@ -189,6 +194,7 @@ class SessionManager:
         self.refused_retry = refused_retry_seconds
         self.max_refused_per_hour = max_refused_per_hour
         self.batch = batch
+        self.read_back = read_back
         self._limit = asyncio.Semaphore(concurrency)
         self._claim = redis.register_script(_CLAIM)
         self._complete = redis.register_script(_COMPLETE)
@@ -278,6 +284,12 @@ class SessionManager:
                 return now + self.keepalive, "login", self._ok(login, now, previous)
             if await client.keep_alive():
                 self.circuit.succeeded()
+                if self.read_back is not None:
+                    try:
+                        await self.read_back(login, client.user_state)
+                    except (RedisError, OSError) as exc:
+                        # The session is fine; only this look at the user's state is lost.
+                        log.warning("read-back of login %s not recorded: %s", login, type(exc).__name__)
                 return now + self.keepalive, "keepalive", self._ok(login, now, previous)
             await self._single_login(login, client, now, seen, previous)
             return now + self.keepalive, "relogin", self._ok(login, now, previous)

@@ -10,9 +10,12 @@ from hypothesis import strategies as st
 
 from service.bridge.desired import (
     CONNECTED_STATES,
+    DND_ENFORCE,
     RINGING_STATES,
     Decision,
+    DndOverride,
     ObservedUser,
+    StarfaceShown,
     TeamsSession,
     counting_calls,
     decide,
@@ -487,3 +490,89 @@ def test_calls_drive_teams_independently_of_teams_presence(user: ObservedUser, m
     on_a_call = dataclasses.replace(user, calls=("CONNECTED",))
     expected = switches.call_presence if switches.teams_presence_from_calls else None
     assert decide(on_a_call, mapping, now=NOW).teams.presence == expected
+
+
+# -- read-back: overwritten text, the user's own DND -------------------------------------------------
+
+
+AWAY = TeamsPresence("Away", "Away")
+
+
+def as_applied(**fields: object) -> ObservedUser:
+    """Available in Teams; the bridge applied DND off and "Verfügbar"."""
+    base = ObservedUser(teams=AVAILABLE, own_teams=AVAILABLE, applied_dnd=False, applied_text="Verfügbar")
+    return dataclasses.replace(base, **fields)  # type: ignore[arg-type]
+
+
+def test_an_overwritten_text_is_what_starface_shows_and_the_mapping_still_wants_its_own() -> None:
+    decision = run(as_applied(shown=StarfaceShown(False, "Verfügbar (UCC)", NOW - 1)))
+    assert decision.starface.text == "Verfügbar"
+    assert decision.shown_text == "Verfügbar (UCC)"
+    assert decision.dnd_override is None
+
+
+def test_without_a_read_back_starface_shows_what_the_bridge_applied() -> None:
+    decision = run(as_applied())
+    assert (decision.shown_dnd, decision.shown_text) == (False, "Verfügbar")
+
+
+def test_respect_a_dnd_the_user_switched_until_teams_changes() -> None:
+    switched = as_applied(shown=StarfaceShown(True, "Verfügbar", NOW - 1))
+    decision = run(switched)
+    assert decision.starface.dnd is None  # leave it
+    assert decision.starface.text == "Verfügbar"
+    assert decision.dnd_override == DndOverride(True, NOW - 1, AVAILABLE)
+    assert "switched DND on themselves: respected" in decision.rule
+
+    # Later passes (the bridge wrote the text meanwhile, so no fresh read): it still stands.
+    standing = as_applied(dnd_override=decision.dnd_override)
+    again = run(standing)
+    assert again.starface.dnd is None
+    assert again.dnd_override == decision.dnd_override
+    assert again.shown_dnd is True
+
+    # Her Teams state changes: the override ends and the mapping applies.
+    ended = run(dataclasses.replace(standing, teams=AWAY, own_teams=AWAY))
+    assert (ended.starface.dnd, ended.starface.text) == (False, "Abwesend")
+    assert ended.dnd_override is None
+    assert ended.dnd_override_ended
+    assert ended.shown_dnd is True  # so the apply step writes DND off although it applied off before
+
+
+def test_the_bridges_own_echo_does_not_end_the_users_dnd() -> None:
+    override = DndOverride(True, NOW - 5, AVAILABLE)
+    user = as_applied(
+        teams=BUSY_IN_A_CALL,
+        bridge_session=TeamsSession(BUSY_IN_A_CALL),
+        calls=("CONNECTED",),
+        dnd_override=override,
+    )
+    decision = run(user)
+    assert decision.echo
+    assert decision.starface.dnd is None
+    assert decision.dnd_override == override
+
+
+def test_a_user_who_switches_back_ends_the_override() -> None:
+    override = DndOverride(True, NOW - 5, AVAILABLE)
+    decision = run(as_applied(dnd_override=override, shown=StarfaceShown(False, "Verfügbar", NOW - 1)))
+    assert decision.dnd_override is None
+    assert decision.starface.dnd is False
+    assert not decision.dnd_override_ended
+    assert decision.shown_dnd is False
+
+
+def test_enforce_writes_the_mappings_dnd_again() -> None:
+    user = as_applied(shown=StarfaceShown(True, "Verfügbar", NOW - 1))
+    decision = decide(user, default_mapping("de"), now=NOW, dnd_policy=DND_ENFORCE)
+    assert decision.starface.dnd is False
+    assert decision.shown_dnd is True
+    assert decision.dnd_override is None
+    assert "enforcing the mapping" in decision.rule
+
+
+def test_an_unknown_dnd_in_the_read_back_is_no_user_change() -> None:
+    decision = run(as_applied(shown=StarfaceShown(None, "Verfügbar", NOW - 1)))
+    assert decision.dnd_override is None
+    assert decision.starface.dnd is False
+    assert decision.shown_dnd is False

@@ -181,6 +181,8 @@ async def test_users_page_search_filter_and_user_page(
     detail = await admin.get(f"/users/{ben.login}")
     assert "DoNotDisturb" in detail.text
     assert 'class="decision"' in detail.text
+    assert "policy respect (STARFACE_DND_POLICY)" in detail.text
+    assert "in the last hour (at most 6 per STARFACE_REWRITES_PER_HOUR)" in detail.text
     assert (await admin.get("/users/nobody")).status_code == 404
     assert (await admin.get("/users", params={"show": "bogus", "page": "x"})).status_code == 200
 

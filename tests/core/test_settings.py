@@ -221,3 +221,29 @@ def test_console_port_and_password_hash_are_checked() -> None:
     assert "CONSOLE_PORT must be a port number from 1 to 65535" in problems
     assert any(p.startswith("CONSOLE_ADMIN_PASSWORD_HASH must be a hash printed by") for p in problems)
     assert not any("hunter2" in p for p in problems)
+
+
+def test_read_back_settings_and_their_bad_values_are_named() -> None:
+    settings = Settings.from_env(GOOD, env_file=None)
+    assert (
+        settings.starface_read_back,
+        settings.starface_rewrites_per_hour,
+        settings.starface_dnd_policy,
+    ) == (
+        True,
+        6,
+        "respect",
+    )
+    env = dict(
+        GOOD, STARFACE_DND_POLICY="ignore", STARFACE_REWRITES_PER_HOUR="-1", STARFACE_READ_BACK="often"
+    )
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env, env_file=None)
+    problems = "\n".join(caught.value.problems)
+    assert "STARFACE_DND_POLICY must be one of respect, enforce" in problems
+    assert "STARFACE_REWRITES_PER_HOUR must be 0 or a positive whole number" in problems
+    assert "STARFACE_READ_BACK must be true or false" in problems
+    never = Settings.from_env(
+        dict(GOOD, STARFACE_REWRITES_PER_HOUR="0", STARFACE_DND_POLICY="enforce"), env_file=None
+    )
+    assert (never.starface_rewrites_per_hour, never.starface_dnd_policy) == (0, "enforce")

@@ -148,3 +148,37 @@ async def test_status_without_service_accounts_is_unhealthy(
     await running(redis_client)
     report = await collect(redis_client, make_settings())
     assert report["problems"] == ["no service account can hold a subscription: set GRAPH_SERVICE_ACCOUNTS"]
+
+
+async def test_explain_shows_the_read_back_the_dnd_policy_and_the_restores(
+    redis_client: aioredis.Redis,
+) -> None:
+    await seed(redis_client)
+    store = UserStateStore(redis_client)
+    text = await explain(redis_client, "0001", now=20.0, dnd_policy="respect", rewrites_per_hour=6)
+    assert "STARFACE shows  not read back yet" in text
+    assert "user's own DND  none in force; policy respect (STARFACE_DND_POLICY)" in text
+    assert "restores        0 in the last hour (at most 6 per STARFACE_REWRITES_PER_HOUR)" in text
+
+    await store.update_bridge(USER, written_at=12.0)
+    assert await store.record_seen(USER, sent_at=15.0, dnd=False, text="Im Gespräch (UCC)", now=15.1) == "due"
+    await store.update_bridge(
+        USER, override_dnd=False, override_since=15.0, override_teams=TeamsPresence("Busy", "InACall")
+    )
+    await store.take_rewrite(USER, 16.0, 6)
+    text = await explain(redis_client, "0001", now=20.0, dnd_policy="enforce", rewrites_per_hour=6)
+    assert (
+        "STARFACE shows  DND off, status text 'Im Gespräch (UCC)' (read 5s ago); "
+        "DND and status text differ from what the bridge applied"
+    ) in text
+    assert (
+        "user's own DND  off, switched by the user and respected until their Teams state changes "
+        "from Busy/InACall" in text
+    )
+    assert "policy enforce (STARFACE_DND_POLICY)" in text
+    assert "restores        1 in the last hour (at most 6" in text
+
+    await store.update_bridge(USER, written_at=18.0)
+    text = await explain(redis_client, "0001", now=20.0)
+    assert "(read 5s ago); the bridge wrote since: the next read-back tells" in text
+    assert "policy: see STARFACE_DND_POLICY" in text

@@ -13,7 +13,11 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from service.bridge.identity import IdentityStore
+from service.bridge.readback import ReadBack
+from service.bridge.userstate import UserStateStore
 from service.core import keys, metrics
+from service.core.partitions import Partitions
 from service.core.secretbox import SecretBox
 from service.core.settings import Settings
 from service.starface import xmlrpc
@@ -419,3 +423,30 @@ async def test_a_call_the_pbx_no_longer_has_gets_its_missed_hangup_at_login(env:
     assert [(e.login, e.call_id, e.state, e.source) for e in events] == [
         ("0001", "old-call", "HANGUP", "recovered")
     ]
+
+
+async def test_every_keepalive_reads_the_users_state_back_into_the_bridge_record(env: Env) -> None:
+    await IdentityStore(env.redis).replace({"eeee0000-0000-4000-8000-000000000001": "0001"})
+    partitions = Partitions()
+    manager = env.replica(read_back=ReadBack(env.redis, partitions).check)  # type: ignore[arg-type]
+    store = UserStateStore(env.redis)
+    user = "eeee0000-0000-4000-8000-000000000001"
+    await manager.sync(["0001", "0002"], now=env.t0)
+    await manager.run_due(env.t0)  # logins: nothing read yet
+    assert (await store.bridge(user)).seen_at is None
+    await store.update_bridge(user, applied_dnd=False, applied_text="Verfügbar")
+    env.pbx.set_dnd_on_phone("0001", True)
+    env.pbx.set_text_on_phone("0001", "Mittagspause")
+    due_key = keys.reconcile_due(partitions.of(user))
+    due_before = await env.redis.zscore(due_key, user)
+    report = await manager.run_due(env.t0 + 30)
+    assert report.outcomes == {"keepalive": 2}  # 0002 is not linked: kept alive, not read
+    bridge = await store.bridge(user)
+    assert (bridge.seen_dnd, bridge.seen_text) == (True, "Mittagspause")
+    assert due_before is None
+    assert await env.redis.zscore(due_key, user) is not None  # the reconcile decides
+    env.pbx.set_dnd_on_phone("0001", False)
+    env.pbx.set_text_on_phone("0001", "Verfügbar")
+    await manager.run_due(env.t0 + 60)
+    bridge = await store.bridge(user)
+    assert (bridge.seen_dnd, bridge.seen_text) == (False, "Verfügbar")

@@ -234,6 +234,9 @@ class Reconciler:
         self.concurrency = concurrency
         self._limit = asyncio.Semaphore(concurrency)
         self.reconciled = 0
+        # Set when this process marks users due: its loop claims them at once instead of at the
+        # next poll (the poll remains for users other processes mark).
+        self._due_now = asyncio.Event()
 
     # -- triggers ------------------------------------------------------------------------------
 
@@ -277,6 +280,7 @@ class Reconciler:
             if isinstance(result, Exception):
                 raise result
         await self.schedule.mark(users, now)
+        self._due_now.set()
 
     async def handle_calls(self, entries: list[Entry]) -> dict[str, str]:
         """Stream handler for STARFACE call events: update the user's calls, mark the user due."""
@@ -295,6 +299,8 @@ class Reconciler:
             if await self.state.apply_call(user_id, event):
                 due.append(user_id)
         await self.schedule.mark(due, self.clock())
+        if due:
+            self._due_now.set()
         return failures
 
     def back(self, service: str) -> None:
@@ -354,6 +360,7 @@ class Reconciler:
             while not stopping():
                 free = self.concurrency - len(inflight)
                 claimed: list[str] = []
+                self._due_now.clear()
                 if free > 0:
                     try:
                         claimed = await self.schedule.claim(self.clock(), free)
@@ -365,12 +372,15 @@ class Reconciler:
                     inflight.add(task)
                     task.add_done_callback(inflight.discard)
                 if not claimed:
-                    if inflight:
-                        await asyncio.wait(
-                            inflight, timeout=idle_seconds, return_when=asyncio.FIRST_COMPLETED
-                        )
-                    else:
-                        await asyncio.sleep(idle_seconds)
+                    # With every slot busy only a finished user frees one; a new mark cannot help.
+                    woken = asyncio.ensure_future(self._due_now.wait()) if free > 0 else None
+                    await asyncio.wait(
+                        [*inflight, *([woken] if woken else [])],
+                        timeout=idle_seconds,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    if woken is not None:
+                        woken.cancel()
         finally:
             # Finish what was claimed: a released user is due again, an abandoned one waits a hold.
             await asyncio.gather(*inflight, return_exceptions=True)

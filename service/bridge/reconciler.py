@@ -166,6 +166,11 @@ async def gather_inputs(
             log.warning("user %s: dropping %d call(s) older than %ds", user_id, len(stale), call_max_seconds)
             await state.forget_calls(user_id, stale, now)
     bridge = parse_bridge(raw_bridge)
+    if bridge.writing_at is not None and prune:
+        # A write began and its end was never recorded: the process died in between (the claim
+        # makes this reconcile the user's only writer).  Whether STARFACE took it is unknown, so
+        # nothing counts as applied and both values are written again.
+        bridge = dataclasses.replace(bridge, applied_dnd=None, applied_text=None)
     session = TeamsSession(bridge.session, bridge.session_cleared_at) if bridge.session is not None else None
     user = ObservedUser(
         teams=TeamsPresence(observed.availability, observed.activity) if observed else None,

@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 
 from service.bridge.decisions import DecisionLog
 from service.bridge.mapping import parse_mapping
+from service.core import keys
 from service.core.settings import Settings
 from service.graph.presence import TeamsPresence
 from tests.bridge.harness import FakeClock, Harness
@@ -247,3 +248,19 @@ async def test_a_changed_mapping_reconciles_every_user_again(
     assert await h.reconciler.adopt_mapping()
     await h.pump()
     assert h.starface.state[LOGIN] == (False, "Frei")
+
+
+async def test_a_write_whose_end_was_never_recorded_is_written_again(
+    redis_client: aioredis.Redis, make_settings: Callable[..., Settings], fake_clock: FakeClock
+) -> None:
+    """A worker wrote DND on to STARFACE and was killed before recording it: the record still
+    says off, with the write begun (writing_at) and never ended.  The next reconcile must not
+    trust the record, or the user keeps a DND that nobody wants."""
+    h = await harness(redis_client, make_settings, fake_clock)
+    assert h.starface.state[LOGIN] == (False, "Verfügbar")
+    h.starface.state[LOGIN] = (True, "Im Gespräch")  # what the killed worker's writes did
+    await redis_client.hset(keys.user_bridge(USER), "writing_at", repr(fake_clock()))
+    await h.reconciler.mark_all([USER])
+    await h.pump()
+    assert h.starface.state[LOGIN] == (False, "Verfügbar")
+    assert await redis_client.hget(keys.user_bridge(USER), "writing_at") is None

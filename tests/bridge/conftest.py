@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from service.bridge.mapping import Mapping, default_mapping
+from service.sandbox.demo import DemoWorld
 from tests.bridge.harness import FakeClock
 
 
@@ -37,3 +39,31 @@ def english() -> Mapping:
 @pytest.fixture
 def fake_clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+def store(request: pytest.FixtureRequest, redis_url: str) -> tuple[str, dict[str, str]]:
+    """The Redis the world runs on (one Valkey unless a test asks for both) and its settings."""
+    if getattr(request, "param", "single") == "cluster":
+        return request.getfixturevalue("cluster_url"), {"REDIS_PARTITIONS": "4"}
+    return redis_url, {}
+
+
+@pytest.fixture
+async def world_factory(
+    tmp_path: Path, store: tuple[str, dict[str, str]]
+) -> AsyncIterator[Callable[..., Any]]:
+    worlds: list[DemoWorld] = []
+    url, overrides = store
+
+    async def factory(**options: Any) -> DemoWorld:
+        options["settings_overrides"] = {**overrides, **options.get("settings_overrides", {})}
+        world = DemoWorld(tmp_path / f"world-{len(worlds)}", redis_url=url, **options)
+        worlds.append(world)
+        await world.start()
+        await world.ready()
+        return world
+
+    yield factory
+    for world in worlds:
+        await world.close()

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,37 +22,8 @@ from tests.chaos.scenarios import bridge_process, stop_processes
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture
-def store(request: pytest.FixtureRequest, redis_url: str) -> tuple[str, dict[str, str]]:
-    """The Redis the world runs on (one Valkey unless a test asks for both) and its settings."""
-    if getattr(request, "param", "single") == "cluster":
-        return request.getfixturevalue("cluster_url"), {"REDIS_PARTITIONS": "4"}
-    return redis_url, {}
-
-
 # The tests a three-master Redis Cluster must pass as well as a single server.
 BOTH_STORES = pytest.mark.parametrize("store", ["single", "cluster"], indirect=True)
-
-
-@pytest.fixture
-async def world_factory(
-    tmp_path: Path, store: tuple[str, dict[str, str]]
-) -> AsyncIterator[Callable[..., Any]]:
-    worlds: list[DemoWorld] = []
-    url, overrides = store
-
-    async def factory(**options: Any) -> DemoWorld:
-        options["settings_overrides"] = {**overrides, **options.get("settings_overrides", {})}
-        world = DemoWorld(tmp_path / f"world-{len(worlds)}", redis_url=url, **options)
-        worlds.append(world)
-        await world.start()
-        await world.ready()
-        return world
-
-    yield factory
-    for world in worlds:
-        await world.close()
 
 
 async def dnd_history(world: DemoWorld, person: Person) -> list[bool]:

@@ -8,8 +8,7 @@ of polling for a state, never a fixed sleep.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -29,22 +28,16 @@ UCC_TEXT = "Verfügbar (UCC)"
 
 
 @pytest.fixture
-async def world_factory(tmp_path: Path, redis_url: str) -> AsyncIterator[Callable[..., Any]]:
-    worlds: list[DemoWorld] = []
+def world_factory(world_factory: Callable[..., Any]) -> Callable[..., Any]:
+    """Worlds with a keepAlive (and so a read-back) every second, and the test's settings."""
 
     async def factory(overrides: dict[str, str], **options: Any) -> DemoWorld:
-        settings = {"STARFACE_KEEPALIVE_SECONDS": "1", **overrides}
-        world = DemoWorld(
-            tmp_path / f"world-{len(worlds)}", redis_url=redis_url, settings_overrides=settings, **options
+        world: DemoWorld = await world_factory(
+            settings_overrides={"STARFACE_KEEPALIVE_SECONDS": "1", **overrides}, **options
         )
-        worlds.append(world)
-        await world.start()
-        await world.ready()
         return world
 
-    yield factory
-    for world in worlds:
-        await world.close()
+    return factory
 
 
 async def history(world: DemoWorld, person: Person, kind: str) -> list[tuple[Any, str]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -23,13 +23,6 @@ def pbx(starface_sandbox: Factory) -> StarfaceSandboxHandle:
     )
     handle.add_user("0002", "passwort", email="bert@example.com", first_name="Bert", family_name="Berg")
     return handle
-
-
-@pytest.fixture
-def client(pbx: StarfaceSandboxHandle) -> Iterator[RawStarfaceClient]:
-    raw = RawStarfaceClient(pbx)
-    yield raw
-    raw.close()
 
 
 def _fault_code(response: httpx.Response) -> int:

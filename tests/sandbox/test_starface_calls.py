@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -29,13 +29,6 @@ def pbx(starface_sandbox: Factory) -> StarfaceSandboxHandle:
         "0001", "geheim", email="anna@example.com", first_name="Anna", family_name="Alt", number="201"
     )
     return handle
-
-
-@pytest.fixture
-def client(pbx: StarfaceSandboxHandle) -> Iterator[RawStarfaceClient]:
-    raw = RawStarfaceClient(pbx)
-    yield raw
-    raw.close()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -30,13 +30,6 @@ def pbx(starface_sandbox: Factory) -> StarfaceSandboxHandle:
     handle = starface_sandbox()
     handle.add_user("0001", "geheim", email="anna@example.com", first_name="Anna", family_name="Alt")
     return handle
-
-
-@pytest.fixture
-def client(pbx: StarfaceSandboxHandle) -> Iterator[RawStarfaceClient]:
-    raw = RawStarfaceClient(pbx)
-    yield raw
-    raw.close()
 
 
 def _texts(pbx: StarfaceSandboxHandle) -> list[tuple[str, str]]:

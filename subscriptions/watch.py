@@ -252,7 +252,6 @@ class PresenceWatch:
     async def _silent(self, account: str, subscription_id: str, count: int, now: float) -> None:
         await self.redis.hincrby(keys.MISSED_CHANGES, account, count)
         metrics.MISSED_CHANGES.labels(account).inc(count)
-        metrics.SUBSCRIPTION_SILENT.labels(account).set(1)
         raw = await self.redis.hget(keys.SILENT_SUBSCRIPTIONS, account)
         silence = Silence.from_json(raw) if raw else Silence(account, subscription_id, now)
         silence.subscription_id = subscription_id
@@ -293,8 +292,6 @@ class PresenceWatch:
                 )
         if recovered:
             await self.redis.hdel(keys.SILENT_SUBSCRIPTIONS, *recovered)
-            for account in recovered:
-                metrics.SUBSCRIPTION_SILENT.labels(account).set(0)
         return recovered
 
 

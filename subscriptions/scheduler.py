@@ -153,6 +153,8 @@ class Scheduler:
         for certificate_id in retired:
             log.info("encryption certificate %s retired: no subscription used it for hours", certificate_id)
         metrics.SUBSCRIPTIONS_ACTIVE.set(sum(1 for r in records if r.id))
+        if self.watch is not None:
+            await self.watch.forget_gone({r.id for r in records if r.id})
         await self._write_status(report)
         return report
 

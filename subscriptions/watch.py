@@ -268,6 +268,16 @@ class PresenceWatch:
         if self.on_silent is not None:
             self.on_silent()
 
+    async def forget_gone(self, current: set[str]) -> None:
+        """Drop the delivery times of subscriptions that no longer exist: each recreation adds one."""
+        gone = [
+            i
+            for i in map(decoded, await self.redis.hkeys(keys.SUBSCRIPTION_DELIVERED_AT))
+            if i not in current
+        ]
+        if gone:
+            await self.redis.hdel(keys.SUBSCRIPTION_DELIVERED_AT, *gone)
+
     async def silent(self) -> dict[str, Silence]:
         raw = await self.redis.hgetall(keys.SILENT_SUBSCRIPTIONS)
         return {decoded(k): Silence.from_json(v) for k, v in raw.items()}

@@ -70,6 +70,9 @@ async def test_a_change_the_subscription_did_not_deliver_is_counted_and_the_subs
     world, bridge, users = await started(subscription_world)
     [account] = world.accounts
     [subscription] = world.sandbox_subscriptions()
+    world.handle.set_teams_presence(users[3], "Away", "Away")  # delivered before the silence
+    assert await bridge.forward_notifications() == 1
+    await bridge.worker.drain()
     world.handle.control("POST", f"/subscriptions/{subscription['id']}/silence")
     world.handle.set_teams_presence(users[0], "Busy", "InACall")
     found = await bridge.watch.tick()
@@ -104,6 +107,8 @@ async def test_a_change_the_subscription_did_not_deliver_is_counted_and_the_subs
     world.handle.advance(1)
     assert (await bridge.watch.tick()).users == 0
     assert await bridge.missed() == {account: 1}
+    await world.run_pass()  # forgets when the replaced subscription last delivered
+    assert await world.redis.hkeys(keys.SUBSCRIPTION_DELIVERED_AT) == [new["id"].encode()]
 
 
 async def test_a_notification_slower_than_the_read_is_no_missed_change(

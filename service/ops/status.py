@@ -234,7 +234,7 @@ def render(report: dict[str, Any]) -> str:
     )
     if scheduler.get("shortfall"):
         lines.append(f"  ALERT {scheduler['shortfall']}")
-    if not subs["accounts"]:
+    if not subs["accounts"] and not subs["poll"].get("at"):
         lines.append("  no service accounts configured (GRAPH_SERVICE_ACCOUNTS)")
     for account, info in subs["accounts"].items():
         health = info["health"]

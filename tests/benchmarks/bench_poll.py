@@ -10,8 +10,10 @@ Loopback only, everything started here and stopped at the end:
    presence flips between Available and Busy/InACall through the Graph sandbox, at a random moment
    within the poll interval, and the time until the STARFACE sandbox shows the DND change is taken.
 2. **Missed-change detection.**  The same bridge with subscriptions: the subscription is silenced
-   in the sandbox, the person's presence changes, and the script times (a) STARFACE showing the new
-   state and (b) the missed change counted in Redis.  Expected bounds: (a) <= WATCH_SECONDS plus a
+   in the sandbox, the person's presence changes at a random moment within the watch interval,
+   and the script times (a) STARFACE showing the new state and (b) the missed change counted in
+   Redis; then a change the recreated subscription delivers ends the silence before the next
+   sample.  Expected bounds: (a) <= WATCH_SECONDS plus a
    reconcile, (b) <= WATCH_SECONDS + MISSED_GRACE_SECONDS + POLL_SECONDS.
 3. **Graph request rate.**  A Graph sandbox with 1,000 and 10,000 users and the poll-mode watch
    reading them every POLL_SECONDS for 30 s: getPresencesByUserId requests per 30 s (the sandbox
@@ -151,6 +153,20 @@ async def detection(workdir: Path, args: argparse.Namespace) -> None:
                 return [s["id"] for s in subs if s["active"]] not in ([], [old])
 
             await _wait(recreated, 20)
+            # A change the new subscription delivers ends the silence, so that every sample starts
+            # from a delivering subscription and is found by a watch read, not by polling.
+            busy = not busy
+            await world.set_teams(anna, *(("Busy", "InACall") if busy else ("Available", "Available")))
+
+            async def recovered() -> bool:
+                return not await redis.hgetall(keys.SILENT_SUBSCRIPTIONS)
+
+            await _wait(recovered, 20)
+
+            async def settled(busy: bool = busy) -> bool:
+                return (await world.starface_state(anna))[0] is busy
+
+            await _wait(settled, 10)
         _print("samples", str(len(counted_after)))
         _print(
             "STARFACE shows the change, p50 / max",

@@ -69,6 +69,9 @@ async def test_a_silent_subscription_is_found_counted_recreated_and_polled_until
     assert account in alert[0]
     assert "PRESENCE_SOURCE=poll" in alert[0]  # says what to do
     assert not ops_status.healthy(report)
+    text = ops_status.render(report)
+    assert f"ALERT {account}: subscription {silent['id']} silent since" in text
+    assert f"missed changes (ever): {account} 1" in text
     assert REGISTRY.get_sample_value("presence_bridge_missed_changes_total", {"account": account}) == 1
 
     async def recreated() -> tuple[bool, str]:
@@ -156,6 +159,9 @@ async def test_poll_mode_bridges_teams_to_starface_without_any_subscription(
     assert report["subscriptions"]["poll"]["users"] == "2"
     unrelated = [p for p in report["problems"] if "GRAPH_SERVICE_ACCOUNTS" in p or "poll" in p]
     assert not unrelated, report["problems"]
+    text = ops_status.render(report)
+    assert "poll mode: 2 users every 1 s, 1 request(s) a round" in text
+    assert "GRAPH_SERVICE_ACCOUNTS" not in text
 
     await world.set_teams(ben, "DoNotDisturb", "DoNotDisturb")
     await world.expect_starface(ben, True, "Nicht Stören", within=1 + 2)

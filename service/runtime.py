@@ -52,7 +52,6 @@ from subscriptions.resync import Resync
 from subscriptions.scheduler import build_scheduler
 from subscriptions.tokens import Tokens
 from subscriptions.users import Resolution
-from subscriptions.watch import Deliveries
 
 log = logging.getLogger(__name__)
 
@@ -191,10 +190,6 @@ class Runtime:
             )
             listeners.append(confirmer.on_presence)
             self._spawn("presence-confirm", confirmer.run(self.stop))
-        if settings.presence_source == "subscriptions":
-            # When each user and subscription was last heard of: the scheduler's watch tells a
-            # silent subscription from a quiet one by it (subscriptions/watch.py).
-            listeners.append(Deliveries(redis, self.clock.now).on_presence)
         worker = PresenceWorker(redis, settings, partitions, read_partitions=read, listeners=listeners)
         calls = PartitionedConsumer(
             redis,

@@ -19,7 +19,8 @@ Waiting for the 15-minute resync would hide that.  So, under the scheduler's lea
 * in poll mode (``PRESENCE_SOURCE=poll``) there are no subscriptions: every user is read every
   ``POLL_SECONDS`` and only differences are queued.
 
-The worker side (``Deliveries``) records when each user and each subscription was last heard of.
+The web tier records when each user and each subscription was last heard of
+(service/bridge/deliveries.py).
 """
 
 from __future__ import annotations
@@ -49,26 +50,6 @@ log = logging.getLogger(__name__)
 
 # The source of queued changes that a read (not a notification) found.
 POLL_SOURCE = "poll"
-
-
-class Deliveries:
-    """A worker listener: when each user and each subscription last had a notification handled."""
-
-    def __init__(self, redis: aioredis.Redis, clock: Callable[[], float]) -> None:
-        self.redis = redis
-        self.clock = clock
-
-    async def on_presence(self, changes: list[PresenceChange]) -> None:
-        notified = [c for c in changes if c.source == "notification"]
-        if not notified:
-            return
-        now = repr(self.clock())
-        subscriptions = {c.subscription_id for c in notified if c.subscription_id}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(keys.NOTIFIED_AT, mapping={c.user_id: now for c in notified})
-            if subscriptions:
-                pipe.hset(keys.SUBSCRIPTION_DELIVERED_AT, mapping=dict.fromkeys(subscriptions, now))
-            await pipe.execute()
 
 
 @dataclass

@@ -109,9 +109,9 @@ LIFECYCLE_GROUP = "subscriptions"
 POLL_USERS = f"{PREFIX}:{{pb}}:subscriptions:poll-users"
 # hash: field -> value: the last poll round (at, users, requests, changes, interval it could hold)
 POLL_STATUS = f"{PREFIX}:{{pb}}:subscriptions:poll-status"
-# hash: Entra user id -> when the last change notification for the user was handled
+# hash: Entra user id -> when the last change notification for the user arrived (web tier)
 NOTIFIED_AT = f"{PREFIX}:{{pb}}:subscriptions:notified-at"
-# hash: subscription id -> when the last change notification of that subscription was handled
+# hash: subscription id -> when the last change notification of that subscription arrived (web tier)
 SUBSCRIPTION_DELIVERED_AT = f"{PREFIX}:{{pb}}:subscriptions:delivered-at"
 # hash: Entra user id -> JSON {account, subscription_id, read_at}: a read found a state no
 # notification had brought; a missed change unless a notification follows within the grace time

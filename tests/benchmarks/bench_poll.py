@@ -40,6 +40,7 @@ import redis.asyncio as aioredis  # noqa: E402
 from service.core import keys  # noqa: E402
 from service.core.clock import SystemClock  # noqa: E402
 from service.core.embedded import EmbeddedValkey  # noqa: E402
+from service.core.partitions import Partitions  # noqa: E402
 from service.core.settings import Settings  # noqa: E402
 from service.core.tls import client_context  # noqa: E402
 from service.graph.client import GraphClient, RateLimiter  # noqa: E402
@@ -212,7 +213,7 @@ async def request_rate(workdir: Path, args: argparse.Namespace, users: int) -> N
             env_file=None,
         )
         tokens = Tokens.from_settings(redis, settings)
-        reads = Resync(redis, graph, tokens.app_token)
+        reads = Resync(redis, graph, tokens.app_token, partitions=Partitions(settings.redis_partitions))
         watch = PresenceWatch(
             redis, reads, SubscriptionRecords(redis), poll_mode=True, poll_seconds=args.poll_seconds
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
 from service.core import keys
+from service.core.partitions import Partitions
 from service.ops import status as ops_status
 from service.sandbox.demo import SERVICE_ACCOUNT, DemoWorld
 
@@ -26,10 +28,33 @@ def reads(reason: str) -> float:
 
 
 @pytest.fixture
+async def world_factory(tmp_path: Path, redis_url: str) -> AsyncIterator[Callable[..., Any]]:
+    worlds: list[DemoWorld] = []
+
+    async def factory(**options: Any) -> DemoWorld:
+        world = DemoWorld(tmp_path / f"world-{len(worlds)}", redis_url=redis_url, **options)
+        worlds.append(world)
+        await world.start()
+        await world.ready()
+        return world
+
+    yield factory
+    for world in worlds:
+        await world.close()
+
+
+@pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     await client.aclose()
+
+
+async def queued(world: DemoWorld, redis: aioredis.Redis) -> int:
+    """Entries in every partition of the presence stream."""
+    assert world.settings is not None
+    streams = Partitions(world.settings.redis_partitions).presence_streams()
+    return sum([await redis.xlen(stream) for stream in streams])
 
 
 async def active_subscriptions(world: DemoWorld) -> list[dict[str, Any]]:
@@ -147,14 +172,14 @@ async def test_poll_mode_bridges_teams_to_starface_without_any_subscription(
     assert [d for d in (await world.graph_control("GET", "/deliveries?since=0"))["value"]] == []
 
     # Unchanged presence queues nothing, however many rounds run.
-    length = await redis.xlen(keys.PRESENCE_STREAM)
+    length = await queued(world, redis)
     polled = reads("poll")
 
     async def rounds() -> tuple[bool, str]:
         return reads("poll") >= polled + 3, f"{reads('poll')} poll reads"
 
     await world.wait_for("three more poll rounds", rounds, 3 * 1 + 3)
-    assert await redis.xlen(keys.PRESENCE_STREAM) == length
+    assert await queued(world, redis) == length
     report = await ops_status.collect(redis, world.settings)
     assert report["subscriptions"]["poll"]["users"] == "2"
     unrelated = [p for p in report["problems"] if "GRAPH_SERVICE_ACCOUNTS" in p or "poll" in p]
@@ -165,4 +190,4 @@ async def test_poll_mode_bridges_teams_to_starface_without_any_subscription(
 
     await world.set_teams(ben, "DoNotDisturb", "DoNotDisturb")
     await world.expect_starface(ben, True, "Nicht Stören", within=1 + 2)
-    assert await redis.xlen(keys.PRESENCE_STREAM) == length + 1  # only the change
+    assert await queued(world, redis) == length + 1  # only the change

@@ -5,27 +5,30 @@ from __future__ import annotations
 
 import json
 
+from service.bridge.deliveries import note_notifications
 from service.bridge.streams import append_presence_batch
 from service.bridge.worker import PresenceWorker
 from service.core import keys
+from service.core.partitions import Partitions
 from service.core.storage import decoded
 from service.graph.certificates import CertificateStore
 from service.graph.crypto import decrypt_content
 from service.graph.presence import PresenceChange
 from subscriptions.renewal import Action
-from subscriptions.watch import Deliveries, PresenceWatch, seconds_per_round
+from subscriptions.watch import PresenceWatch, seconds_per_round
 from tests.fixtures.subscription_world import World, WorldFactory
 
 GRACE = 60.0
 
 
 class Bridge:
-    """The parts of the bridge the watch relies on: the web tier's queueing and a worker."""
+    """The parts of the bridge the watch relies on: the web tier's queueing (and its note of each
+    notification's arrival) and a worker."""
 
     def __init__(self, world: World) -> None:
         self.world = world
-        deliveries = Deliveries(world.redis, world.handle.sandbox.clock.now)
-        self.worker = PresenceWorker(world.redis, world.settings, listeners=[deliveries.on_presence])
+        self.partitions = Partitions(world.settings.redis_partitions)
+        self.worker = PresenceWorker(world.redis, world.settings, self.partitions)
         self.forwarded = 0
         watch = world.scheduler.watch
         assert watch is not None
@@ -45,7 +48,8 @@ class Bridge:
             content = json.loads(decrypt_content(encrypted, certificate.private_key))
             changes.append(PresenceChange.from_resource(content, subscription_id=item["subscriptionId"]))
         if changes:
-            await append_presence_batch(self.world.redis, changes, 10_000)
+            await append_presence_batch(self.world.redis, self.partitions, changes, 10_000)
+            await note_notifications(self.world.redis, changes, self.world.handle.sandbox.clock.now())
         return len(changes)
 
     async def missed(self) -> dict[str, int]:

@@ -25,6 +25,7 @@ from service.core.clock import Clock, SystemClock
 from service.core.partitions import Partitions
 from service.core.secretbox import SecretBox
 from service.core.settings import Settings
+from service.core.storage import decoded
 from service.core.tls import client_context
 from service.graph.certificates import CertificateStore
 from service.graph.client import GraphClient, GraphError, RateLimiter
@@ -39,6 +40,7 @@ from subscriptions.resync import Resync
 from subscriptions.shards import CAPACITY, ShardStore, ShortfallError, assign
 from subscriptions.tokens import TokenError, Tokens
 from subscriptions.users import EmailSource, Resolution, UserDirectory
+from subscriptions.watch import PresenceWatch, recreate_silent
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +80,16 @@ class Scheduler:
         capacity: int = CAPACITY,
         graph: GraphClient | None = None,
         on_resolution: Callable[[Resolution], Awaitable[None]] | None = None,
+        watch: PresenceWatch | None = None,
     ) -> None:
         self.redis = redis
+        # Reads that catch silent subscriptions, or in poll mode the only source of presence.
+        self.watch = watch
+        self._wake = asyncio.Event()
+        # A pass (its resync sweeps) and a watch round never interleave (subscriptions/watch.py).
+        self._turn = asyncio.Lock()
+        if watch is not None:
+            watch.on_silent = self._wake.set
         # Told every fresh e-mail -> Entra id resolution (the bridge links identities with it).
         self.on_resolution = on_resolution
         self.emails = emails
@@ -114,7 +124,12 @@ class Scheduler:
             return PassReport(leader=False, now=self.clock.now() if now is None else now)
         now = self.clock.now() if now is None else now
         report = PassReport(leader=True, now=now)
+        if self.watch is not None and self.watch.poll_mode:
+            return await self._poll_pass(report)
         await self._record_lifecycle()
+        if self.watch is not None:
+            for account in await recreate_silent(self.records, await self.watch.silent()):
+                log.warning("recreating the silent subscription of %s", account)
         assignment = await self._assignment(report)
         for account in self.accounts.accounts:
             await self.lease.ensure()
@@ -138,6 +153,8 @@ class Scheduler:
         for certificate_id in retired:
             log.info("encryption certificate %s retired: no subscription used it for hours", certificate_id)
         metrics.SUBSCRIPTIONS_ACTIVE.set(sum(1 for r in records if r.id))
+        if self.watch is not None:
+            await self.watch.forget_gone({r.id for r in records if r.id})
         await self._write_status(report)
         return report
 
@@ -147,18 +164,36 @@ class Scheduler:
             self._group_ready = True
         await self._lifecycle_consumer.drain()
 
-    async def _assignment(self, report: PassReport) -> dict[str, list[str]]:
-        previous = await self.shards.load()
+    async def _poll_pass(self, report: PassReport) -> PassReport:
+        """Poll mode: no subscriptions; the users to read are resolved, and leftovers deleted."""
+        assert self.watch is not None
+        resolution = await self._resolve(report)
+        if resolution is not None:
+            wanted = {u.lower() for u in resolution.user_ids}
+            if resolution.unresolved:
+                wanted |= set(await self.watch.poll_users())
+            report.users = len(wanted)
+            await self.watch.save_poll_users(wanted)
+        else:
+            report.users = len(await self.watch.poll_users())
+        # Subscriptions left from subscription mode would deliver twice what the polls read.
+        for account in await self.records.all():
+            try:
+                report.outcomes.append(await self.renewal.ensure(account, [], report.now))
+            except (TokenError, AccountBlocked, GraphError) as exc:
+                report.errors.append(str(exc))
+        await self._write_status(report)
+        return report
+
+    async def _resolve(self, report: PassReport) -> Resolution | None:
+        """The selected e-mails resolved to Entra ids; None (and an error) when that is impossible now."""
         try:
             emails = await self.emails()
             resolution = await self.users.resolve(emails)
         except Exception as exc:
-            # Directory or Graph lookups down: renewals must go on for the users we already cover.
             report.errors.append(f"user selection unavailable: {type(exc).__name__}: {exc}")
-            log.error("user selection unavailable, keeping the previous shards: %s", exc)
-            report.users = sum(len(m) for m in previous.values())
-            configured = {a.lower() for a in self.accounts.accounts}
-            return {a: list(m) for a, m in previous.items() if a in configured}
+            log.error("user selection unavailable, keeping the previous users: %s", exc)
+            return None
         report.missing_emails = resolution.missing
         if self.on_resolution is not None:
             await self.on_resolution(resolution)
@@ -168,6 +203,16 @@ class Scheduler:
                 len(resolution.missing),
                 ", ".join(resolution.missing[:20]),
             )
+        return resolution
+
+    async def _assignment(self, report: PassReport) -> dict[str, list[str]]:
+        previous = await self.shards.load()
+        resolution = await self._resolve(report)
+        if resolution is None:
+            # Directory or Graph lookups down: renewals must go on for the users we already cover.
+            report.users = sum(len(m) for m in previous.values())
+            configured = {a.lower() for a in self.accounts.accounts}
+            return {a: list(m) for a, m in previous.items() if a in configured}
         # A user whose lookup failed just now keeps the place the previous pass gave them.
         wanted = {u.lower() for u in resolution.user_ids}
         if resolution.unresolved:
@@ -234,10 +279,12 @@ class Scheduler:
     async def run_forever(self, stop: asyncio.Event) -> None:
         """Contend for the lease and run passes until ``stop``; releases the lease on the way out."""
         keeper = asyncio.create_task(self._keep_lease(stop))
+        watcher = asyncio.create_task(self._watch_forever(stop)) if self.watch is not None else None
         try:
             while not stop.is_set():
                 try:
-                    report = await self.run_once()
+                    async with self._turn:
+                        report = await self.run_once()
                     wait = self.pass_interval if report.leader else self.lease.ttl_ms / 3000
                 except LeaseLost:
                     log.warning("scheduler lease lost mid-pass; another replica continues")
@@ -249,14 +296,46 @@ class Scheduler:
                     # Never a crash loop: log with the traceback and try again next interval.
                     log.exception("scheduler pass failed")
                     wait = self.pass_interval
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=wait)
+                await self._pause(stop, wait)
         finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            for task in (keeper, watcher):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             with contextlib.suppress(aioredis.RedisError, OSError):
                 await self.lease.release()
+
+    async def _pause(self, stop: asyncio.Event, seconds: float) -> None:
+        """Until the next pass: ``seconds``, or sooner when a silent subscription needs recreating."""
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+            self._wake.clear()
+
+    async def _watch_forever(self, stop: asyncio.Event) -> None:
+        """Watch and poll rounds while this replica holds the lease (real time, like the lease)."""
+        assert self.watch is not None
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            started = loop.time()
+            interval = self.watch.poll_seconds
+            try:
+                if await self.lease.holder() == self.lease.token:
+                    if self.watch.poll_mode:  # no resync to keep apart from, and a pass may be long
+                        interval = (await self.watch.tick()).interval
+                    else:
+                        async with self._turn:
+                            interval = (await self.watch.tick()).interval
+            except (GraphError, TokenError, aioredis.RedisError, OSError) as exc:
+                log.warning("presence watch round failed, trying again: %s", exc)
+            except Exception:
+                log.exception("presence watch round failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=max(0.0, interval - (loop.time() - started)))
 
     async def _keep_lease(self, stop: asyncio.Event) -> None:
         # Real time on purpose: the lease TTL runs on Redis' clock, not on a simulated one.
@@ -294,6 +373,13 @@ def build_scheduler(
         limiter=RateLimiter(graph_rate_limit, graph_rate_window_seconds, clock),
     )
     records = SubscriptionRecords(redis)
+    resync = Resync(
+        redis,
+        graph,
+        tokens.app_token,
+        partitions=Partitions(settings.redis_partitions),
+        stream_maxlen=settings.presence_stream_maxlen,
+    )
     renewal = Renewal(
         graph,
         tokens,
@@ -313,13 +399,7 @@ def build_scheduler(
             redis, graph, tokens.app_token, clock=clock, match_order=settings.user_match_order
         ),
         renewal=renewal,
-        resync=Resync(
-            redis,
-            graph,
-            tokens.app_token,
-            partitions=Partitions(settings.redis_partitions),
-            stream_maxlen=settings.presence_stream_maxlen,
-        ),
+        resync=resync,
         records=records,
         lease=Lease(redis, keys.SCHEDULER_LEASE, lease_seconds or settings.scheduler_lease_seconds),
         clock=clock,
@@ -327,6 +407,16 @@ def build_scheduler(
         pass_interval_seconds=pass_interval_seconds,
         graph=graph,
         on_resolution=on_resolution,
+        watch=PresenceWatch(
+            redis,
+            resync,
+            records,
+            poll_mode=settings.presence_source == "poll",
+            poll_seconds=settings.poll_seconds,
+            watch_seconds=settings.watch_seconds,
+            grace_seconds=settings.missed_grace_seconds,
+            clock=clock,
+        ),
     )
 
 
@@ -340,8 +430,13 @@ async def status(redis: aioredis.Redis, accounts: Sequence[str]) -> dict[str, An
     account_status = await redis.hgetall(keys.ACCOUNT_STATUS)
     health = {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in account_status.items()}
     records = await SubscriptionRecords(redis).all()
+    silent = {decoded(k): json.loads(v) for k, v in (await redis.hgetall(keys.SILENT_SUBSCRIPTIONS)).items()}
+    missed = {decoded(k): int(v) for k, v in (await redis.hgetall(keys.MISSED_CHANGES)).items()}
     return {
         "scheduler": summary,
+        "silent": silent,
+        "missed_changes": missed,
+        "poll": {decoded(k): decoded(v) for k, v in (await redis.hgetall(keys.POLL_STATUS)).items()},
         "accounts": {
             a.lower(): {
                 "health": health.get(a.lower(), {"state": "ok", "reason": ""}),

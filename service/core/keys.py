@@ -105,6 +105,22 @@ SUBSCRIPTION_STATE = f"{PREFIX}:{{pb}}:subscriptions:state"
 # hash: field -> value: scheduler summary (last pass, last full resync, missing users, shortfall)
 SCHEDULER_STATUS = f"{PREFIX}:{{pb}}:subscriptions:status"
 LIFECYCLE_GROUP = "subscriptions"
+# JSON sorted list of the Entra user ids poll mode reads (written by each scheduler pass)
+POLL_USERS = f"{PREFIX}:{{pb}}:subscriptions:poll-users"
+# hash: field -> value: the last poll round (at, users, requests, changes, interval it could hold)
+POLL_STATUS = f"{PREFIX}:{{pb}}:subscriptions:poll-status"
+# hash: Entra user id -> when the last change notification for the user arrived (web tier)
+NOTIFIED_AT = f"{PREFIX}:{{pb}}:subscriptions:notified-at"
+# hash: subscription id -> when the last change notification of that subscription arrived (web tier)
+SUBSCRIPTION_DELIVERED_AT = f"{PREFIX}:{{pb}}:subscriptions:delivered-at"
+# hash: Entra user id -> JSON {account, subscription_id, read_at}: a read found a state no
+# notification had brought; a missed change unless a notification follows within the grace time
+MISSED_SUSPECTS = f"{PREFIX}:{{pb}}:subscriptions:missed-suspects"
+# hash: service account UPN -> count of changes its subscription did not deliver (ever)
+MISSED_CHANGES = f"{PREFIX}:{{pb}}:subscriptions:missed-changes"
+# hash: service account UPN -> JSON {subscription_id, detected_at, missed}: a subscription found
+# silent; its users are polled until a notification of the account's subscription arrives
+SILENT_SUBSCRIPTIONS = f"{PREFIX}:{{pb}}:subscriptions:silent"
 
 
 def token_cache_lock(account: str) -> str:

@@ -129,6 +129,26 @@ RECONCILE_BACKLOG = Gauge(
     "presence_bridge_reconcile_backlog", "Users due for a reconcile pass that no reconciler holds yet"
 )
 WORKERS_ALIVE = Gauge("presence_bridge_workers_alive", "Worker processes whose heartbeat in Redis is recent")
+MISSED_CHANGES = Counter(
+    "presence_bridge_missed_changes_total",
+    "Presence changes a subscription did not deliver: a read found them and no notification followed",
+    ["account"],
+)
+SUBSCRIPTION_SILENT = Gauge(
+    "presence_bridge_subscription_silent",
+    "1 while the account's subscription is found silent and its users are polled; 0 when it delivers",
+    ["account"],
+)
+PRESENCE_READS = Counter(
+    "presence_bridge_presence_reads_total",
+    "getPresencesByUserId requests of poll mode (poll), the watch (watch) and silent subscriptions (silent)",
+    ["reason"],
+)
+PRESENCE_READ_CHANGES = Counter(
+    "presence_bridge_presence_read_changes_total",
+    "Changes those reads found and queued (an unchanged presence queues nothing)",
+    ["reason"],
+)
 BUILD_INFO = Gauge(
     "presence_bridge_build_info", "Always 1; the labels name the running version", ["version", "python"]
 )

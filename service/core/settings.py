@@ -10,6 +10,7 @@ whole configuration in one round.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import urllib.parse
@@ -108,6 +109,13 @@ def _positive_int(value: str) -> int:
     number = int(value)
     if number <= 0:
         raise ValueError("must be a positive whole number")
+    return number
+
+
+def _poll_seconds(value: str) -> float:
+    number = float(value)
+    if not 0.5 <= number <= 3600:
+        raise ValueError("must be a number of seconds from 0.5 to 3600")
     return number
 
 
@@ -388,6 +396,35 @@ class Settings(BaseSettings):
         "RESYNC_INTERVAL_SECONDS",
         "Interval of full getPresencesByUserId sweeps that repair missed notifications",
     )
+    presence_source: Annotated[str, BeforeValidator(_choice("subscriptions", "poll"))] = _setting(
+        "subscriptions",
+        "PRESENCE_SOURCE",
+        "subscriptions = Graph pushes changes to PUBLIC_BASE_URL (service accounts needed); "
+        "poll = read every user's presence every POLL_SECONDS, no public endpoint for Graph",
+    )
+    poll_seconds: Annotated[float, BeforeValidator(_poll_seconds)] = _setting(
+        2.0,
+        "POLL_SECONDS",
+        "Interval of getPresencesByUserId reads: every user in poll mode, the users of a silent "
+        "subscription until it delivers again",
+    )
+    poll_max_users: Annotated[int, BeforeValidator(_positive_int)] = _setting(
+        10000,
+        "POLL_MAX_USERS",
+        "Most users poll mode must cover; checked at start against Graph's 1,500 presence requests per 30 s",
+    )
+    watch_seconds: Annotated[int, BeforeValidator(_non_negative_int)] = _setting(
+        60,
+        "WATCH_SECONDS",
+        "Interval of reads of every subscribed user's presence that catch changes no notification "
+        "delivered; 0 = off",
+    )
+    missed_grace_seconds: Annotated[int, BeforeValidator(_positive_int)] = _setting(
+        60,
+        "MISSED_GRACE_SECONDS",
+        "A read that differs from the notified state is a missed change when no notification for the "
+        "user follows within this time",
+    )
     scheduler_lease_seconds: Annotated[int, BeforeValidator(_positive_int)] = _setting(
         30,
         "SCHEDULER_LEASE_SECONDS",
@@ -499,6 +536,8 @@ class Settings(BaseSettings):
             settings = cls.model_validate(given)
         except ValidationError as exc:
             problems.extend(_describe(error) for error in exc.errors())
+        if settings is not None:
+            problems.extend(_poll_problems(settings))
         if problems:
             raise SettingsError(sorted(problems, key=_schema_order))
         assert settings is not None
@@ -559,6 +598,36 @@ def _console_problems(given: Mapping[str, str]) -> list[str]:
             "or CONSOLE_ADMIN_USER and CONSOLE_ADMIN_PASSWORD_HASH (break-glass account)"
         )
     return problems
+
+
+# Graph's presence reads: 650 ids per getPresencesByUserId request, 1,500 requests per 30 s per app
+# and tenant (docs/protocols.md, "getPresencesByUserId").  Polling may use two thirds of that
+# window; the rest stays for setPresence/clearPresence and confirm reads, which share it.
+PRESENCE_IDS_PER_READ = 650
+PRESENCE_WINDOW_SECONDS = 30
+POLL_REQUESTS_PER_WINDOW = 1000
+
+
+def poll_requests_per_window(users: int, seconds: float) -> float:
+    """getPresencesByUserId requests per 30 s that reading ``users`` every ``seconds`` costs."""
+    return -(-users // PRESENCE_IDS_PER_READ) * PRESENCE_WINDOW_SECONDS / seconds
+
+
+def _poll_problems(settings: Settings) -> list[str]:
+    """A poll interval Graph's throttling cannot carry for the users configured is refused at start."""
+    if settings.presence_source != "poll":
+        return []
+    cost = poll_requests_per_window(settings.poll_max_users, settings.poll_seconds)
+    if cost <= POLL_REQUESTS_PER_WINDOW:
+        return []
+    users = settings.poll_max_users
+    shortest = math.ceil(poll_requests_per_window(users, 1.0) / POLL_REQUESTS_PER_WINDOW * 100)
+    return [
+        f"POLL_SECONDS ({settings.poll_seconds:g}) is too short for POLL_MAX_USERS ({users}): "
+        f"{cost:.0f} getPresencesByUserId requests per 30 s, but polling may use "
+        f"{POLL_REQUESTS_PER_WINDOW} of Graph's 1,500; set POLL_SECONDS to at least {shortest / 100:g} "
+        f"or lower POLL_MAX_USERS"
+    ]
 
 
 def _schema_order(problem: str) -> int:

@@ -20,6 +20,7 @@ from service.core.metrics import (
     STREAM_LENGTH,
     STREAM_PENDING,
     SUBSCRIPTION_EXPIRY,
+    SUBSCRIPTION_SILENT,
     UCI_SESSIONS,
     WORKERS_ALIVE,
 )
@@ -43,7 +44,10 @@ async def refresh_gauges(redis: aioredis.Redis, settings: Settings) -> None:
         STREAM_LAG.labels(name).set(info["lag"])
         STREAM_PENDING.labels(name).set(info["pending"])
     DEAD_LETTERS.set(int(await redis.xlen(keys.DEAD_LETTER_STREAM)))
-    accounts = (await subscription_status(redis, settings.graph_service_accounts))["accounts"]
+    subscriptions = await subscription_status(redis, settings.graph_service_accounts)
+    accounts = subscriptions["accounts"]
+    for account in accounts.keys() | subscriptions["silent"].keys():
+        SUBSCRIPTION_SILENT.labels(account).set(1 if account in subscriptions["silent"] else 0)
     for account, info in accounts.items():
         sub = info["subscription"]
         if sub and sub.get("expires_at"):

@@ -152,8 +152,18 @@ def _problems(
             f"the STARFACE directory was last read {(now - directory_refreshed_at) / 60:.0f} min ago"
         )
     accounts = subs["accounts"]
-    if not accounts:
+    if settings.presence_source == "poll":
+        problems.extend(_poll_problems(subs["poll"], settings, now))
+    elif not accounts:
         problems.append("no service account can hold a subscription: set GRAPH_SERVICE_ACCOUNTS")
+    for account, silence in sorted(subs["silent"].items()):
+        problems.append(
+            f"subscription {silence['subscription_id']} of {account} stopped delivering: "
+            f"{silence['missed']} missed change(s) since {_clock(silence['detected_at'])}; the bridge "
+            f"recreates it and reads its users every {settings.poll_seconds:g} s until notifications "
+            "arrive again. If this stays, check Microsoft 365 service health and the account's "
+            "sign-in; PRESENCE_SOURCE=poll runs without subscriptions"
+        )
     for account, info in accounts.items():
         if info["health"].get("state") != "ok":
             problems.append(f"service account {account}: {info['health'].get('state')}")
@@ -166,6 +176,27 @@ def _problems(
     if report["failing_users"]:
         problems.append(f"{len(report['failing_users'])} user(s) whose last reconcile failed")
     return problems
+
+
+def _poll_problems(poll: dict[str, str], settings: Settings, now: float) -> list[str]:
+    """Poll mode stops only visibly: a late round or an interval Graph's throttling cannot carry."""
+    if not poll.get("at"):
+        return ["poll mode has not read any presence yet: is a scheduler running?"]
+    problems = []
+    interval = float(poll.get("interval") or settings.poll_seconds)
+    age = now - float(poll["at"])
+    if age > max(3 * interval, 30):
+        problems.append(f"the last presence poll round is {age:.0f} s old (every {interval:g} s expected)")
+    if interval > settings.poll_seconds:
+        problems.append(
+            f"{poll.get('users')} users cannot be read every {settings.poll_seconds:g} s within Graph's "
+            f"throttling: every {interval:.1f} s instead; raise POLL_SECONDS or poll fewer users"
+        )
+    return problems
+
+
+def _clock(epoch: Any) -> str:
+    return dt.datetime.fromtimestamp(float(epoch), dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 async def _failing_users(redis: aioredis.Redis, limit: int = 20) -> list[str]:
@@ -203,7 +234,7 @@ def render(report: dict[str, Any]) -> str:
     )
     if scheduler.get("shortfall"):
         lines.append(f"  ALERT {scheduler['shortfall']}")
-    if not subs["accounts"]:
+    if not subs["accounts"] and not subs["poll"].get("at"):
         lines.append("  no service accounts configured (GRAPH_SERVICE_ACCOUNTS)")
     for account, info in subs["accounts"].items():
         health = info["health"]
@@ -217,6 +248,20 @@ def render(report: dict[str, Any]) -> str:
             "" if health.get("state") == "ok" else f"  ALERT {health.get('state')}: {health.get('reason')}"
         )
         lines.append(f"  {account}: {where}{alert}")
+    for account, silence in sorted(subs["silent"].items()):
+        lines.append(
+            f"  ALERT {account}: subscription {silence['subscription_id']} silent since "
+            f"{_when(silence['detected_at'], now)}, {silence['missed']} missed change(s), users polled"
+        )
+    missed = subs["missed_changes"]
+    if missed:
+        lines.append("  missed changes (ever): " + ", ".join(f"{a} {n}" for a, n in sorted(missed.items())))
+    poll = subs["poll"]
+    if poll.get("at"):
+        lines.append(
+            f"  poll mode: {poll['users']} users every {float(poll['interval']):g} s, "
+            f"{poll['requests']} request(s) a round, last round {_when(poll['at'], now)}"
+        )
     missing = json.loads(scheduler.get("missing_emails") or "[]")
     if missing:
         lines.append(f"  {len(missing)} e-mail(s) match no Teams user: {', '.join(missing[:10])}")

@@ -172,8 +172,9 @@ class DemoWorld:
         await CredentialStore(self._redis, box).put_many(
             {p.login: self._password(p.login) for p in self.people}
         )
-        tokens = Tokens.from_settings(self._redis, self.settings)
-        await tokens.login_with_password(SERVICE_ACCOUNT, self._password(SERVICE_ACCOUNT))
+        if self.settings.graph_service_accounts:  # poll mode runs without any
+            tokens = Tokens.from_settings(self._redis, self.settings)
+            await tokens.login_with_password(SERVICE_ACCOUNT, self._password(SERVICE_ACCOUNT))
         self.port = port
         self.tls = (str(cert_file), str(key_file))
         for role in self.roles:

@@ -215,6 +215,9 @@ class GraphSandbox:
             return
         resource = None
         for item in self.subscriptions.covering(user_id):
+            if item.silent:
+                item.silenced_changes += 1
+                continue
             if resource is None:
                 resource = self.presence.snapshot(user_id)
             payload: dict[str, Any] = {

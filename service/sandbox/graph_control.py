@@ -276,6 +276,14 @@ class ControlApi:
         found.expires_at = min(found.expires_at, self.sandbox.clock.now())
         return found.control_json(self.sandbox.clock.now())
 
+    async def silence_subscription(self, request: Request, body: dict[str, Any]) -> Any:
+        found = self.subscription(request)
+        silent = body.get("silent", True)
+        if not isinstance(silent, bool):
+            raise ControlError(400, "silent must be true or false")
+        found.silent = silent
+        return found.control_json(self.sandbox.clock.now())
+
     async def delete_subscription(self, request: Request, body: dict[str, Any]) -> Any:
         self.subscription(request).deleted = True
         return None
@@ -410,6 +418,7 @@ def control_routes(sandbox: GraphHost) -> list[Route]:
         r("/signing-keys/rotate", api.rotate_keys, "POST"),
         r("/subscriptions", api.list_subscriptions, "GET"),
         r("/subscriptions/{sid}/expire", api.expire_subscription, "POST"),
+        r("/subscriptions/{sid}/silence", api.silence_subscription, "POST"),
         r("/subscriptions/{sid}", api.delete_subscription, "DELETE"),
         r("/subscriptions/{sid}/reauthorization-required", api.lifecycle_now, "POST"),
         r("/faults", api.list_faults, "GET"),

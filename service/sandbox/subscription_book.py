@@ -56,6 +56,10 @@ class Subscription:
     last_reauthorize_at: float | None = None
     # The authorization deadline a reauthorizationRequired event was already sent for.
     lifecycle_sent_for: float | None = None
+    # Graph's presence subscriptions can stop firing for days and then recover, with no lifecycle
+    # event and while the subscription still exists: a silent one drops every change unannounced.
+    silent: bool = False
+    silenced_changes: int = 0
 
     def active(self, now: float) -> bool:
         return not self.deleted and now < self.expires_at
@@ -94,6 +98,8 @@ class Subscription:
                 "revoked": self.revoked,
                 "deleted": self.deleted,
                 "authorizedUntil": format_datetime(self.authorized_until),
+                "silent": self.silent,
+                "silencedChanges": self.silenced_changes,
             }
         )
         return result

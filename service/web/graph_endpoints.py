@@ -22,6 +22,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from service.bridge.deliveries import note_notifications
 from service.bridge.streams import append_lifecycle_batch, append_presence_batch
 from service.core import keys, metrics
 from service.core.partitions import Partitions
@@ -177,6 +178,7 @@ async def _notifications(request: Request) -> Response:
         changes = await _decode(items, payload.get("validationTokens"), ingest, dropped, received_at)
         if changes:
             await append_presence_batch(ingest.redis, ingest.partitions, changes, ingest.stream_maxlen)
+            await note_notifications(ingest.redis, changes, received_at)
             metrics.NOTIFICATION_ITEMS.labels("accepted").inc(len(changes))
         await _count(ingest.redis, dropped)
     except (RedisError, OSError) as exc:

@@ -164,6 +164,16 @@ def test_no_command_or_a_wrong_one_is_a_usage_error(tmp_path: Path, bare_env: di
 # -- serve ------------------------------------------------------------------------------------
 
 
+def test_serve_refuses_a_poll_interval_graph_cannot_carry(tmp_path: Path, core_env: dict[str, str]) -> None:
+    env = {**core_env, "PRESENCE_SOURCE": "poll", "POLL_SECONDS": "0.5", "POLL_MAX_USERS": "30000"}
+    [result] = run_jobs([(["serve", "--role", "web"], env)], tmp_path)
+    assert result.returncode == 2, describe(result)
+    assert result.stdout == ""
+    assert_no_traceback(result.stderr)
+    assert "POLL_SECONDS (0.5) is too short for POLL_MAX_USERS (30000)" in result.stderr
+    assert "set POLL_SECONDS to at least 1.41" in result.stderr
+
+
 def test_serve_configuration_errors(
     tmp_path: Path, bare_env: dict[str, str], core_env: dict[str, str]
 ) -> None:

@@ -247,3 +247,33 @@ def test_read_back_settings_and_their_bad_values_are_named() -> None:
         dict(GOOD, STARFACE_REWRITES_PER_HOUR="0", STARFACE_DND_POLICY="enforce"), env_file=None
     )
     assert (never.starface_rewrites_per_hour, never.starface_dnd_policy) == (0, "enforce")
+
+
+def test_poll_mode_refuses_an_interval_graph_throttling_cannot_carry() -> None:
+    # 20,000 users are 31 getPresencesByUserId requests a round; every second that is 930 per 30 s,
+    # within the 1,000 polling may use of Graph's 1,500; every half second it is 1,860.
+    fine = Settings.from_env(
+        dict(GOOD, PRESENCE_SOURCE="poll", POLL_SECONDS="1", POLL_MAX_USERS="20000"), env_file=None
+    )
+    assert (fine.presence_source, fine.poll_seconds, fine.poll_max_users) == ("poll", 1.0, 20000)
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(
+            dict(GOOD, PRESENCE_SOURCE="poll", POLL_SECONDS="0.5", POLL_MAX_USERS="20000"), env_file=None
+        )
+    assert caught.value.problems == [
+        "POLL_SECONDS (0.5) is too short for POLL_MAX_USERS (20000): 1860 getPresencesByUserId requests "
+        "per 30 s, but polling may use 1000 of Graph's 1,500; set POLL_SECONDS to at least 0.93 "
+        "or lower POLL_MAX_USERS"
+    ]
+    # Subscription mode polls only silent shards: the same numbers are no reason to refuse it.
+    assert Settings.from_env(dict(GOOD, POLL_SECONDS="0.5", POLL_MAX_USERS="20000"), env_file=None)
+
+
+def test_presence_source_and_poll_seconds_are_checked_by_name() -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(dict(GOOD, PRESENCE_SOURCE="push", POLL_SECONDS="0.1"), env_file=None)
+    assert caught.value.problems == [
+        "PRESENCE_SOURCE must be one of subscriptions, poll",
+        "POLL_SECONDS must be a number of seconds from 0.5 to 3600",
+    ]
+    assert Settings.from_env(GOOD, env_file=None).presence_source == "subscriptions"

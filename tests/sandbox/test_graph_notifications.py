@@ -383,3 +383,40 @@ def test_the_sequence_number_variant_and_a_late_redelivery_of_an_older_notificat
     for bad in ({"back": 0}, {"back": "2"}, {"back": 9}):
         with pytest.raises(AssertionError, match=r" (400|404) "):
             handle.control("POST", f"/users/{user}/redeliver", bad)
+
+
+def test_a_silenced_subscription_drops_changes_unannounced_until_resumed(
+    graph_sandbox: SandboxFactory, graph_receiver: ReceiverFactory, encryption_keypair: EncryptionKeypair
+) -> None:
+    handle, receiver, (user, other), token = _setup(graph_sandbox, graph_receiver, users=2)
+    subscription = _subscribe(
+        handle, token, handle.subscription_body(receiver, [user, other], encryption_keypair)
+    )
+    handle.set_teams_presence(user, "Busy", "InACall")
+    receiver.wait_for(lambda posts: len(posts) >= 1)
+    silenced = handle.control("POST", f"/subscriptions/{subscription['id']}/silence", {})
+    assert silenced["silent"] is True
+    assert silenced["delivering"] is True  # nothing about the subscription tells the silence
+    handle.set_teams_presence(user, "Available", "Available")
+    handle.set_teams_presence(other, "DoNotDisturb", "Presenting")
+    # Presence keeps changing for readers while nothing is sent, not even to the lifecycle URL.
+    read = handle.graph("POST", "communications/getPresencesByUserId", handle.app_token(), {"ids": [user]})
+    assert (read.json()["value"][0]["availability"], read.json()["value"][0]["activity"]) == (
+        "Available",
+        "Available",
+    )
+    deliveries = handle.control("GET", "/deliveries?since=0")["value"]
+    assert [d["kind"] for d in deliveries if d["kind"] != "validation"] == ["change"]
+    assert len(receiver.notifications) == 1
+    [listed] = handle.control("GET", "/subscriptions")["value"]
+    assert listed["silencedChanges"] == 2
+    resumed = handle.control("POST", f"/subscriptions/{subscription['id']}/silence", {"silent": False})
+    assert resumed["silent"] is False
+    handle.set_teams_presence(user, "Away", "Away")
+    receiver.wait_for(lambda posts: len(posts) >= 2)
+    presence = _reference_decrypt(
+        receiver.notifications[1].json()["value"][0]["encryptedContent"], encryption_keypair
+    )
+    assert (presence["availability"], presence["activity"]) == ("Away", "Away")
+    with pytest.raises(AssertionError, match=r" 400 "):
+        handle.control("POST", f"/subscriptions/{subscription['id']}/silence", {"silent": "yes"})

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,22 +24,6 @@ WATCH = {"WATCH_SECONDS": "2", "MISSED_GRACE_SECONDS": "3", "POLL_SECONDS": "1"}
 
 def reads(reason: str) -> float:
     return REGISTRY.get_sample_value("presence_bridge_presence_reads_total", {"reason": reason}) or 0.0
-
-
-@pytest.fixture
-async def world_factory(tmp_path: Path, redis_url: str) -> AsyncIterator[Callable[..., Any]]:
-    worlds: list[DemoWorld] = []
-
-    async def factory(**options: Any) -> DemoWorld:
-        world = DemoWorld(tmp_path / f"world-{len(worlds)}", redis_url=redis_url, **options)
-        worlds.append(world)
-        await world.start()
-        await world.ready()
-        return world
-
-    yield factory
-    for world in worlds:
-        await world.close()
 
 
 @pytest.fixture

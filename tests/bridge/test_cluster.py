@@ -12,7 +12,7 @@ from service.core import keys
 from service.core.partitions import Partitions
 from service.core.settings import Settings
 from service.core.storage import connect_worker
-from service.graph.presence import TeamsPresence
+from service.graph.presence import PresenceChange, TeamsPresence
 from tests.bridge.harness import FakeClock, Harness
 from tests.fixtures.cluster import EmbeddedCluster
 
@@ -90,3 +90,28 @@ async def test_a_wrong_cluster_url_is_refused_at_once(unused_tcp_port: int) -> N
     with pytest.raises(Exception, match=r"(?i)connect|cluster"):
         await client.ping()
     await client.aclose()
+
+
+async def test_a_master_killed_and_back_on_its_aof_loses_no_acknowledged_change(
+    durable_cluster: EmbeddedCluster, make_settings: Callable[..., Settings], fake_clock: FakeClock
+) -> None:
+    """Changes queued (acknowledged to Graph) across six partitions; one master dies with kill -9
+    before the workers read them and comes back on its append-only file: every change is applied."""
+    durable_cluster.flush()
+    client = connect_worker(durable_cluster.url)
+    try:
+        h = Harness(client, make_settings(WORKER_CLAIM_IDLE_MS=1), fake_clock, partitions=6)
+        users = [f"aaaa0000-0000-4000-8000-{n:012d}" for n in range(60)]
+        for n, user in enumerate(users):
+            await h.link(user, f"{n:04d}")
+        busy = [PresenceChange(u, "Busy", "InACall", received_at=fake_clock()) for u in users]
+        await h.deliver(busy)
+        victim = durable_cluster.node_of(keys.presence_stream(0))
+        durable_cluster.restart(victim)
+        await h.pump()
+        for n, user in enumerate(users):
+            observed = await client.hget(keys.observed_presence(user), "availability")
+            assert observed == b"Busy", user
+            assert h.starface.state[f"{n:04d}"] == (True, "Im Gespräch")
+    finally:
+        await client.aclose()

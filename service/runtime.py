@@ -34,7 +34,6 @@ from service.bridge.streams import PartitionedConsumer
 from service.bridge.worker import ChangeListener, PresenceWorker
 from service.core import heartbeat, keys
 from service.core.clock import Clock, SystemClock
-from service.core.partitions import Partitions
 from service.core.partitions import adopt as adopt_partitions
 from service.core.settings import Settings
 from service.core.storage import connect_worker
@@ -135,7 +134,7 @@ class Runtime:
 
     async def _start_worker(self, redis: aioredis.Redis, http: aiohttp.ClientSession) -> None:
         settings = self.settings
-        partitions = Partitions(settings.redis_partitions)
+        partitions = settings.partitions
         read = await adopt_partitions(redis, partitions)
         mapping = self.mapping or load_mapping(settings.mapping_file)
         read_back = ReadBack(redis, partitions, clock=self.clock.now) if settings.starface_read_back else None
@@ -190,10 +189,11 @@ class Runtime:
             )
             listeners.append(confirmer.on_presence)
             self._spawn("presence-confirm", confirmer.run(self.stop))
-        worker = PresenceWorker(redis, settings, partitions, read_partitions=read, listeners=listeners)
+        # The streams of every partition still read (``read``), the due-set of the current ones.
+        worker = PresenceWorker(redis, settings, read, listeners=listeners)
         calls = PartitionedConsumer(
             redis,
-            [keys.call_stream(p) for p in range(read)],
+            read.call_streams(),
             keys.CALL_GROUP,
             self.reconciler.handle_calls,
             batch=settings.worker_batch,
@@ -206,7 +206,7 @@ class Runtime:
         await calls.also_drain_if_present(keys.LEGACY_CALL_STREAM)
         await calls.ensure_group()
         moved = await self.reconciler.schedule.rehome(
-            [keys.LEGACY_RECONCILE_DUE, keys.LEGACY_RECONCILE_INFLIGHT], self.clock.now()
+            [keys.LEGACY_RECONCILE_DUE, keys.LEGACY_RECONCILE_INFLIGHT], read, self.clock.now()
         )
         if moved:
             log.info("moved %d due users to their partitions (the partition count changed)", moved)
@@ -270,7 +270,7 @@ class Runtime:
         settings = self.settings
         store = DirectoryStore(redis)
         rest = RestClient.from_settings(http, settings)
-        schedule = Schedule(redis, Partitions(settings.redis_partitions))
+        schedule = Schedule(redis, settings.partitions)
 
         async def linked(resolution: Resolution) -> None:
             changed = await link_resolved(redis, resolution.ids)

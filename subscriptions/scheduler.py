@@ -22,7 +22,6 @@ import redis.asyncio as aioredis
 
 from service.core import keys
 from service.core.clock import Clock, SystemClock
-from service.core.partitions import Partitions
 from service.core.secretbox import SecretBox
 from service.core.settings import Settings
 from service.core.storage import decoded
@@ -377,7 +376,7 @@ def build_scheduler(
         redis,
         graph,
         tokens.app_token,
-        partitions=Partitions(settings.redis_partitions),
+        partitions=settings.partitions,
         stream_maxlen=settings.presence_stream_maxlen,
     )
     renewal = Renewal(

@@ -83,13 +83,9 @@ class Schedule:
         self._next_partition = (start + 1) % count
         order = [(start + i) % count for i in range(count)]
         args: list[str | int] = [repr(now), repr(now + self.hold_seconds), limit]
-        if count == 1:
-            replies = [await self._claim(keys=self._keys(0), args=args)]
-        else:
-            replies = await run_scripts(self.redis, [(self._claim, self._keys(p), args) for p in order])
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise reply
+        replies = await run_scripts(
+            self.redis, [(self._claim, self._keys(p), args) for p in order], raise_on_error=True
+        )
         claimed: list[str] = []
         surplus: list[tuple[int, str]] = []
         for partition, raw in zip(order, replies, strict=True):
@@ -150,16 +146,16 @@ class Schedule:
             counts = await pipe.execute()
         return sum(int(c) for c in counts)
 
-    async def rehome(self, previous: Iterable[str], now: float) -> int:
-        """Move due and held users found under ``previous`` keys, or in a partition that is no
-        longer theirs, to their own partition; returns how many moved.
+    async def rehome(self, previous: Iterable[str], read: Partitions, now: float) -> int:
+        """Move due and held users found under ``previous`` keys, or in any partition of ``read``
+        that is no longer theirs, to their own partition; returns how many moved.
 
         For a change of the partition count (and the one due-set before partitions), run while
         no other worker claims: a user must never be due in two partitions at once.
         """
         moved = 0
         sources = [*previous]
-        for partition in range(max(self.partitions.count, await self._most_partitions())):
+        for partition in read.indexes():
             sources.extend(self._keys(partition))
         for source in sources:
             raw: list[tuple[bytes, float]] = await self.redis.zrange(  # type: ignore[assignment]
@@ -177,7 +173,3 @@ class Schedule:
                 await self.redis.zrem(source, user)
             moved += len(strays)
         return moved
-
-    async def _most_partitions(self) -> int:
-        raw = await self.redis.hget(keys.PARTITIONS, "max")
-        return int(raw) if raw else 1

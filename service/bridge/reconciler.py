@@ -148,7 +148,6 @@ async def gather_inputs(
     prune: bool = True,
 ) -> Inputs:
     """Read one user's observed state, in one round trip; ``prune=False`` changes nothing (for previews)."""
-    state = UserStateStore(redis)
     async with redis.pipeline(transaction=False) as pipe:
         pipe.hget(keys.IDENTITY_LOGIN_BY_USER, user_id)
         pipe.hgetall(keys.observed_presence(user_id))
@@ -164,7 +163,7 @@ async def gather_inputs(
         if prune:
             # A HANGUP that never arrived must not hold a user Busy forever.
             log.warning("user %s: dropping %d call(s) older than %ds", user_id, len(stale), call_max_seconds)
-            await state.forget_calls(user_id, stale, now)
+            await UserStateStore(redis).forget_calls(user_id, stale, now)
     bridge = parse_bridge(raw_bridge)
     if bridge.writing_at is not None and prune:
         # A write began and its end was never recorded: the process died in between (the claim
@@ -281,11 +280,8 @@ class Reconciler:
                     offers.append(
                         self.state.offer_own_call(user_id, presence, change.sequence, change.received_at)
                     )
-        for result in await run_scripts(self.redis, offers):
-            if isinstance(result, Exception):
-                raise result
-        await self.schedule.mark(users, now)
-        self._due_now.set()
+        await run_scripts(self.redis, offers, raise_on_error=True)
+        await self._mark(users, now)
 
     async def handle_calls(self, entries: list[Entry]) -> dict[str, str]:
         """Stream handler for STARFACE call events: update the user's calls, mark the user due."""
@@ -303,9 +299,7 @@ class Reconciler:
                 continue
             if await self.state.apply_call(user_id, event):
                 due.append(user_id)
-        await self.schedule.mark(due, self.clock())
-        if due:
-            self._due_now.set()
+        await self._mark(due, self.clock())
         return failures
 
     def back(self, service: str) -> None:
@@ -315,13 +309,19 @@ class Reconciler:
         self.waiting[service].clear()
         if not waiting:
             return
-        task = asyncio.get_running_loop().create_task(self.schedule.mark(waiting, self.clock()))
+        task = asyncio.get_running_loop().create_task(self._mark(waiting, self.clock()))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     async def mark_all(self, user_ids: Iterable[str]) -> None:
         """After a mapping or directory change: everyone is reconciled once more."""
-        await self.schedule.mark(list(user_ids), self.clock())
+        await self._mark(list(user_ids), self.clock())
+
+    async def _mark(self, user_ids: list[str], at: float) -> None:
+        """Due at ``at``; this process's loop claims them at once instead of at its next poll."""
+        await self.schedule.mark(user_ids, at)
+        if user_ids:
+            self._due_now.set()
 
     async def adopt_mapping(self) -> bool:
         """Record the mapping this process applies; if the bridge last ran with another one, every

@@ -210,15 +210,6 @@ class UserStateStore:
         self._record_seen = redis.register_script(_RECORD_SEEN)
         self._take_rewrite = redis.register_script(_TAKE_REWRITE)
 
-    async def offer_own(
-        self, user_id: str, presence: TeamsPresence, sequence: str | None, received_at: float
-    ) -> bool:
-        """Record ``presence`` as the user's own Teams state if it is newer than the recorded one."""
-        stored = await self._offer_own(
-            keys=[keys.user_bridge(user_id)], args=[str(presence), sequence or "", repr(received_at)]
-        )
-        return bool(int(stored))
-
     async def apply_call(self, user_id: str, event: CallEvent) -> bool:
         at = event.time if event.time is not None else event.received_at
         changed = await self._apply_call(
@@ -247,7 +238,8 @@ class UserStateStore:
     def offer_own_call(
         self, user_id: str, presence: TeamsPresence, sequence: str | None, received_at: float
     ) -> ScriptCall:
-        """``offer_own`` as one call of a batch (``run_scripts``)."""
+        """Record ``presence`` as the user's own Teams state if it is newer than the recorded one:
+        one call of a batch (``run_scripts``), answering 1 when it was stored."""
         return (
             self._offer_own,
             [keys.user_bridge(user_id)],

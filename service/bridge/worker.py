@@ -34,7 +34,6 @@ class PresenceWorker:
         settings: Settings,
         partitions: Partitions,
         *,
-        read_partitions: int | None = None,
         name: str | None = None,
         block_ms: int = 1000,
         listeners: list[ChangeListener] | None = None,
@@ -43,11 +42,9 @@ class PresenceWorker:
         self.redis = redis
         self.listeners = list(listeners or [])
         self.outcomes: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
-        # After the partition count shrank, the partitions above it are still read until empty.
-        streams = [keys.presence_stream(p) for p in range(max(partitions.count, read_partitions or 1))]
         self.consumer = PartitionedConsumer(
             redis,
-            streams,
+            partitions.presence_streams(),
             keys.WORKER_GROUP,
             self.handle,
             name=name,

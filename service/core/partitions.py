@@ -56,15 +56,15 @@ class Partitions:
         return [keys.call_stream(p) for p in self.indexes()]
 
 
-async def adopt(redis: aioredis.Redis, partitions: Partitions) -> int:
-    """Record the count producers use now; returns how many partitions consumers must read.
-
-    After the count shrinks, the partitions above it may still hold entries queued before the
-    change, so consumers keep reading up to the largest count ever used.
-    """
-    await redis.hset(keys.PARTITIONS, "count", partitions.count)
+async def most_used(redis: aioredis.Redis, partitions: Partitions) -> Partitions:
+    """The partitions consumers must read: after the count shrank, the partitions above it may
+    still hold entries queued before the change, so up to the largest count ever recorded."""
     raw = await redis.hget(keys.PARTITIONS, "max")
-    most = max(partitions.count, int(raw) if raw else 1)
-    if most != (int(raw) if raw else None):
-        await redis.hset(keys.PARTITIONS, "max", most)
-    return most
+    return Partitions(max(partitions.count, int(raw) if raw else 1))
+
+
+async def adopt(redis: aioredis.Redis, partitions: Partitions) -> Partitions:
+    """Record the count producers use now; returns the partitions consumers must read."""
+    read = await most_used(redis, partitions)
+    await redis.hset(keys.PARTITIONS, mapping={"count": partitions.count, "max": read.count})
+    return read

@@ -24,7 +24,7 @@ from pydantic import BeforeValidator, SecretStr, ValidationError
 from pydantic import Field as SchemaField
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from service.core.partitions import MAX_PARTITIONS
+from service.core.partitions import MAX_PARTITIONS, Partitions
 from service.core.roles import CORE, GRAPH_APP, ROLES, STARFACE, SettingsError, required_groups
 
 __all__ = ["CORE", "FIELDS", "GRAPH_APP", "ROLES", "STARFACE", "Settings", "SettingsError", "required_groups"]
@@ -486,6 +486,11 @@ class Settings(BaseSettings):
         "CONSOLE_ENROLMENT",
         "Let employees store their own STARFACE password at <console>/enrol after a Microsoft sign-in",
     )
+
+    @property
+    def partitions(self) -> Partitions:
+        """``REDIS_PARTITIONS`` as the object that maps users and logins to their partition."""
+        return Partitions(self.redis_partitions)
 
     @classmethod
     def settings_customise_sources(

@@ -116,8 +116,11 @@ def decoded(value: Any) -> str:
 ScriptCall = tuple[AsyncScript, list[str], list[Any]]
 
 
-async def run_scripts(redis: aioredis.Redis, calls: list[ScriptCall]) -> list[Any]:
-    """Many script calls in one round trip; a failed call's result is its exception.
+async def run_scripts(
+    redis: aioredis.Redis, calls: list[ScriptCall], *, raise_on_error: bool = False
+) -> list[Any]:
+    """Many script calls in one round trip; a failed call's result is its exception, or with
+    ``raise_on_error`` the first failure is raised once every call has run.
 
     EVALSHA goes out without asking first whether the server knows the script (a registered
     script in a redis-py pipeline costs a SCRIPT EXISTS round trip on every execute).  A server
@@ -137,6 +140,10 @@ async def run_scripts(redis: aioredis.Redis, calls: list[ScriptCall]) -> list[An
                 results[i] = await script(keys=script_keys, args=args)
             except RedisError as exc:
                 results[i] = exc
+    if raise_on_error:
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
     return results
 
 

@@ -10,6 +10,7 @@ import time
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from service.bridge.due import Schedule
 from service.core import keys
 from service.core.metrics import (
     DEAD_LETTERS,
@@ -24,8 +25,9 @@ from service.core.metrics import (
     UCI_SESSIONS,
     WORKERS_ALIVE,
 )
+from service.core.partitions import most_used
 from service.core.settings import Settings
-from service.ops.status import partitions_read, streams, uci_sessions, workers_alive
+from service.ops.status import streams, uci_sessions, workers_alive
 from service.starface.directory import DirectoryStore
 from subscriptions.scheduler import status as subscription_status
 
@@ -38,7 +40,7 @@ async def refresh_gauges(redis: aioredis.Redis, settings: Settings) -> None:
     Only what the gauges show is read: the full ``status`` report also walks every bridged user.
     """
     now = time.time()
-    partitions = await partitions_read(redis, settings)
+    partitions = await most_used(redis, settings.partitions)
     for name, info in (await streams(redis, now, partitions)).items():
         STREAM_LENGTH.labels(name).set(info["length"])
         STREAM_LAG.labels(name).set(info["lag"])
@@ -60,10 +62,7 @@ async def refresh_gauges(redis: aioredis.Redis, settings: Settings) -> None:
     DIRECTORY_USERS.set(directory.users)
     DIRECTORY_REFRESHED.set(directory.refreshed_at or 0)
     # Due now and not yet claimed: claiming moves a user out of the due set.
-    backlog = 0
-    for partition in range(partitions):
-        backlog += int(await redis.zcount(keys.reconcile_due(partition), "-inf", now))
-    RECONCILE_BACKLOG.set(backlog)
+    RECONCILE_BACKLOG.set(await Schedule(redis, partitions).backlog(now))
     WORKERS_ALIVE.set(await workers_alive(redis, now))
 
 

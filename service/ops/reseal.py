@@ -80,11 +80,10 @@ async def reseal(
                 report.resealed += len(pending)
             elif pending:
                 outcomes = await run_scripts(
-                    redis, [(script, [name], [field_name, old, new]) for field_name, old, new in pending]
+                    redis,
+                    [(script, [name], [field_name, old, new]) for field_name, old, new in pending],
+                    raise_on_error=True,
                 )
-                for outcome in outcomes:
-                    if isinstance(outcome, Exception):
-                        raise outcome
                 for (field_name, _, _), replaced in zip(pending, outcomes, strict=True):
                     if replaced:
                         report.resealed += 1

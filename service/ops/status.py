@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from service.core import heartbeat, keys
+from service.core.partitions import Partitions, most_used
 from service.core.settings import Settings
 from service.core.storage import decoded
 from service.starface.directory import DirectoryStore
@@ -23,23 +24,11 @@ from service.starface.sessions import SessionStatus
 from subscriptions.scheduler import status as subscription_status
 
 
-async def partitions_read(redis: aioredis.Redis, settings: Settings) -> int:
-    """How many partitions workers read: the configured count, or more while a larger earlier
-    count still has entries to drain."""
-    most = await redis.hget(keys.PARTITIONS, "max")
-    return max(settings.redis_partitions, int(most) if most else 1)
-
-
-def _streams(partitions: int) -> list[tuple[str, list[str], str]]:
+def _streams(partitions: Partitions) -> list[tuple[str, list[str], str]]:
     """Each kind of stream, the keys it is kept under, and the consumer group that reads it."""
-    every = range(partitions)
     return [
-        (
-            "presence",
-            [*(keys.presence_stream(p) for p in every), keys.LEGACY_PRESENCE_STREAM],
-            keys.WORKER_GROUP,
-        ),
-        ("call events", [*(keys.call_stream(p) for p in every), keys.LEGACY_CALL_STREAM], keys.CALL_GROUP),
+        ("presence", [*partitions.presence_streams(), keys.LEGACY_PRESENCE_STREAM], keys.WORKER_GROUP),
+        ("call events", [*partitions.call_streams(), keys.LEGACY_CALL_STREAM], keys.CALL_GROUP),
         ("lifecycle", [keys.LIFECYCLE_STREAM], keys.LIFECYCLE_GROUP),
     ]
 
@@ -67,7 +56,7 @@ async def _stream(redis: aioredis.Redis, stream: str, group: str, now: float) ->
     return result
 
 
-async def streams(redis: aioredis.Redis, now: float, partitions: int = 1) -> dict[str, dict[str, Any]]:
+async def streams(redis: aioredis.Redis, now: float, partitions: Partitions) -> dict[str, dict[str, Any]]:
     """Depth, lag, work in progress and oldest pending age of every stream the bridge reads,
     summed over the partitions (the oldest pending age is the oldest of any partition)."""
     report: dict[str, dict[str, Any]] = {}
@@ -98,8 +87,9 @@ async def collect(redis: aioredis.Redis, settings: Settings, *, now: float | Non
     now = time.time() if now is None else now
     report: dict[str, Any] = {"at": now}
     report["subscriptions"] = await subscription_status(redis, settings.graph_service_accounts)
-    report["partitions"] = await partitions_read(redis, settings)
-    report["streams"] = await streams(redis, now, report["partitions"])
+    partitions = await most_used(redis, settings.partitions)
+    report["partitions"] = partitions.count
+    report["streams"] = await streams(redis, now, partitions)
     report["dead_letters"] = int(await redis.xlen(keys.DEAD_LETTER_STREAM))
     last_dead: Any = await redis.xrevrange(keys.DEAD_LETTER_STREAM, count=3)
     report["last_dead_letters"] = [

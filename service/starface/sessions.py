@@ -37,7 +37,6 @@ from redis.exceptions import RedisError
 
 from service.core import keys, metrics
 from service.core.circuit import Circuit, probe_http
-from service.core.partitions import Partitions
 from service.core.secretbox import SealError, SecretBox
 from service.core.settings import Settings, reveal
 from service.core.storage import decoded
@@ -174,7 +173,7 @@ class SessionManager:
             raise ValueError("STARFACE_BASE_URL is needed for UCI sessions")
         self.redis = redis
         self.settings = settings
-        self.partitions = Partitions(settings.redis_partitions)
+        self.partitions = settings.partitions
         self.http = http
         self.box = SecretBox.from_settings(settings)
         self.credentials = credentials or CredentialStore(redis, self.box)
@@ -226,9 +225,6 @@ class SessionManager:
                 pipe.sadd(keys.UCI_LEAVING, *removed)
             await pipe.execute()
         return SyncReport(tuple(added), tuple(removed))
-
-    async def selected(self, login: str) -> bool:
-        return await self.redis.zscore(keys.UCI_DUE, login) is not None
 
     # -- the schedule ---------------------------------------------------------------------------
 

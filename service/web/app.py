@@ -14,7 +14,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from service.core.logs import RequestIdMiddleware
-from service.core.partitions import Partitions
 from service.core.secretbox import SecretBox
 from service.core.settings import Settings
 from service.core.storage import connect_web
@@ -91,7 +90,7 @@ def create_app(
             tenant_id=settings.tenant_id,
             max_bytes=settings.notification_max_bytes,
             stream_maxlen=settings.presence_stream_maxlen,
-            partitions=Partitions(settings.redis_partitions),
+            partitions=settings.partitions,
         )
         try:
             yield

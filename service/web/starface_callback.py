@@ -22,7 +22,6 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from service.core import keys, metrics
-from service.core.partitions import Partitions
 from service.core.settings import Settings
 from service.starface import xmlrpc
 from service.starface.callback_tokens import PATH_PREFIX, login_for_token
@@ -127,9 +126,7 @@ async def _receive(request: Request) -> Response:
         _log_unusable_once(method, struct, str(exc))
         return _xml(xmlrpc.dumps_response(True))
     try:
-        await append_call(
-            redis, Partitions(settings.redis_partitions), event, settings.presence_stream_maxlen
-        )
+        await append_call(redis, settings.partitions, event, settings.presence_stream_maxlen)
     except (RedisError, OSError):
         return Response(status_code=503, headers={"Retry-After": "5"})
     metrics.STARFACE_CALLBACKS.labels("accepted").inc()

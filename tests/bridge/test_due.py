@@ -112,11 +112,13 @@ async def test_partitions_keep_one_writer_per_user_and_claim_from_all(redis_clie
 async def test_rehome_moves_due_users_to_their_partition(redis_client: aioredis.Redis) -> None:
     await redis_client.zadd(keys.LEGACY_RECONCILE_DUE, {"old-due": 5.0})
     await redis_client.zadd(keys.LEGACY_RECONCILE_INFLIGHT, {"old-held": 99.0})
-    await redis_client.hset(keys.PARTITIONS, mapping={"count": 8, "max": 8})
     stray = next(u for u in (f"u{n}" for n in range(100)) if Partitions(8).of(u) >= 2)
     await redis_client.zadd(keys.reconcile_due(Partitions(8).of(stray)), {stray: 7.0})
     schedule = Schedule(redis_client, Partitions(2), hold_seconds=30)
-    moved = await schedule.rehome([keys.LEGACY_RECONCILE_DUE, keys.LEGACY_RECONCILE_INFLIGHT], now=20.0)
+    # The count was 8 and is 2 now: partitions 0..7 are still read.
+    moved = await schedule.rehome(
+        [keys.LEGACY_RECONCILE_DUE, keys.LEGACY_RECONCILE_INFLIGHT], Partitions(8), now=20.0
+    )
     assert moved == 3
     due = await schedule.due()
     assert due == {"old-due": 5.0, "old-held": 20.0, stray: 7.0}
@@ -124,6 +126,6 @@ async def test_rehome_moves_due_users_to_their_partition(redis_client: aioredis.
 
 
 async def test_a_smaller_partition_count_still_reads_the_larger_ones(redis_client: aioredis.Redis) -> None:
-    assert await adopt(redis_client, Partitions(6)) == 6
-    assert await adopt(redis_client, Partitions(2)) == 6  # partitions 2..5 may hold queued entries
+    assert await adopt(redis_client, Partitions(6)) == Partitions(6)
+    assert await adopt(redis_client, Partitions(2)) == Partitions(6)  # 2..5 may hold queued entries
     assert await redis_client.hget(keys.PARTITIONS, "count") == b"2"

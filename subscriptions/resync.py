@@ -17,14 +17,13 @@ import redis.asyncio as aioredis
 from service.bridge.streams import append_presence_batch
 from service.core import keys
 from service.core.partitions import Partitions
+from service.core.settings import PRESENCE_IDS_PER_READ
 from service.core.storage import decoded
 from service.graph.client import GraphClient, GraphResponse, TokenSource, with_token
 from service.graph.presence import PresenceChange, PresenceFormatError, TeamsPresence
 from subscriptions import metrics
 
 log = logging.getLogger(__name__)
-
-IDS_PER_CALL = 650
 
 
 class Resync:
@@ -36,14 +35,14 @@ class Resync:
         *,
         partitions: Partitions,
         stream_maxlen: int = 1_000_000,
-        ids_per_call: int = IDS_PER_CALL,
+        ids_per_call: int = PRESENCE_IDS_PER_READ,
     ) -> None:
         self.redis = redis
         self.graph = graph
         self.app_token = app_token
         self.stream_maxlen = stream_maxlen
         self.partitions = partitions
-        self.ids_per_call = min(ids_per_call, IDS_PER_CALL)
+        self.ids_per_call = min(ids_per_call, PRESENCE_IDS_PER_READ)
 
     async def read(self, user_ids: Sequence[str], source: str) -> AsyncIterator[list[PresenceChange]]:
         """The presence of ``user_ids`` from Graph, one list per request of at most 650 ids."""

@@ -21,11 +21,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from service.core import keys
+from service.core.settings import PRESENCE_IDS_PER_READ
 from service.graph.presence import PresenceChange
 
 log = logging.getLogger(__name__)
 
-IDS_PER_READ = 650
 
 # KEYS: the confirm set. ARGV: now, limit. Pops (claims) the users due by now.
 _POP_DUE = """
@@ -66,7 +66,9 @@ class Confirmer:
         """Read the presence of every user due now; returns how many were read."""
         done = 0
         while True:
-            raw = await self._pop(keys=[keys.PRESENCE_CONFIRM], args=[repr(self.clock()), IDS_PER_READ])
+            raw = await self._pop(
+                keys=[keys.PRESENCE_CONFIRM], args=[repr(self.clock()), PRESENCE_IDS_PER_READ]
+            )
             users = [u.decode() if isinstance(u, bytes) else str(u) for u in raw]
             if not users:
                 return done

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 
-from service.bridge.confirm import IDS_PER_READ, Confirmer
+from service.bridge.confirm import Confirmer
+from service.core.settings import PRESENCE_IDS_PER_READ
 from service.graph.presence import PresenceChange
 
 
@@ -40,7 +41,7 @@ async def test_triggers_collapse_into_one_batched_read_after_the_delay(redis_cli
     assert await confirmer.run_due() == 0  # not before the delay
     clock.now += 1.0
     assert await confirmer.run_due() == 700
-    assert [len(batch) for batch in reads] == [IDS_PER_READ, 50]
+    assert [len(batch) for batch in reads] == [PRESENCE_IDS_PER_READ, 50]
     read_users = {user for batch in reads for user in batch}
     assert "ordered" not in read_users
     assert "resynced" not in read_users

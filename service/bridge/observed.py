@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from service.core import keys
-from service.core.storage import ScriptCall
+from service.core.storage import ScriptCall, run_scripts, slot_groups
 from service.graph.presence import PresenceChange
 
 # Orders two version stamps: all-digit stamps as numbers (leading zeros ignored), others as text.
@@ -31,27 +32,47 @@ local function compare(a, b)
 end
 """
 
-# Returns 1 applied, 0 duplicate (same version or same content), -1 stale (older than stored).
+# One compare-and-set per key, in the order given: KEYS[i] is the observed hash of change i and
+# ARGV[i] its seven fields, packed into one argument (see ``_packed``).  Returns per change 1
+# applied, 0 duplicate (same version or same content), -1 stale (older than stored).  One call
+# serves a whole batch of a slot.
 _COMPARE_AND_SET = (
     SEQUENCE_COMPARE_LUA
-    + """
-local cur = redis.call('HMGET', KEYS[1],
-  'sequence', 'received_at', 'availability', 'activity', 'status_message')
-local seq, received = ARGV[1], tonumber(ARGV[2])
-if cur[3] then
-  if seq ~= '' and cur[1] and cur[1] ~= '' then
-    local order = compare(seq, cur[1])
-    if order <= 0 then return order end
-  else
-    if received < tonumber(cur[2]) then return -1 end
-    if cur[3] == ARGV[3] and cur[4] == ARGV[4] and (cur[5] or '') == ARGV[5] then return 0 end
+    + r"""
+local function apply(key, seq, received, availability, activity, message, source, subscription)
+  local cur = redis.call('HMGET', key,
+    'sequence', 'received_at', 'availability', 'activity', 'status_message')
+  if cur[3] then
+    if seq ~= '' and cur[1] and cur[1] ~= '' then
+      local order = compare(seq, cur[1])
+      if order <= 0 then return order end
+    else
+      if tonumber(received) < tonumber(cur[2]) then return -1 end
+      if cur[3] == availability and cur[4] == activity and (cur[5] or '') == message then return 0 end
+    end
   end
+  redis.call('HSET', key, 'sequence', seq, 'received_at', received, 'availability', availability,
+    'activity', activity, 'status_message', message, 'source', source, 'subscription_id', subscription)
+  return 1
 end
-redis.call('HSET', KEYS[1], 'sequence', seq, 'received_at', ARGV[2], 'availability', ARGV[3],
-  'activity', ARGV[4], 'status_message', ARGV[5], 'source', ARGV[6], 'subscription_id', ARGV[7])
-return 1
+local out = {}
+for i = 1, #KEYS do
+  local packed, f, at = ARGV[i], {}, 1
+  for n = 1, 6 do
+    local stop = string.find(packed, '\255', at, true)
+    f[n] = string.sub(packed, at, stop - 1)
+    at = stop + 1
+  end
+  out[i] = apply(KEYS[i], f[1], f[2], f[3], f[4], f[5], f[6], string.sub(packed, at))
+end
+return out
 """
 )
+
+# Byte 0xFF never occurs in UTF-8, so it separates text fields of any content unambiguously.
+# One argument per change instead of seven: the client's per-argument encoding was the largest
+# cost of a batch.
+_SEPARATOR = b"\xff"
 
 
 class Outcome(enum.IntEnum):
@@ -76,25 +97,44 @@ class ObservedStore:
         self.redis = redis
         self._script = redis.register_script(_COMPARE_AND_SET)
 
-    def call(self, change: PresenceChange) -> ScriptCall:
-        """The compare-and-set of one change, for ``run_scripts``: a batch costs one round trip."""
-        return (self._script, [keys.observed_presence(change.user_id)], self._args(change))
+    async def apply_many(self, changes: list[PresenceChange]) -> list[Outcome | RedisError]:
+        """Each change's outcome, in order; a batch costs one round trip and one script call per
+        slot group.  A group whose call failed reports its error for each of its changes (changes
+        before the failure may be stored: applying them again is a duplicate, never a step back)."""
+        names = [keys.observed_presence(change.user_id) for change in changes]
+        groups = slot_groups(self.redis, names)
+        calls: list[ScriptCall] = []
+        for group in groups:
+            calls.append((self._script, [names[i] for i in group], [self._packed(changes[i]) for i in group]))
+        outcomes: list[Outcome | RedisError] = [RedisError("not run")] * len(changes)
+        for group, result in zip(groups, await run_scripts(self.redis, calls), strict=True):
+            for i, value in zip(
+                group, result if isinstance(result, list) else [result] * len(group), strict=True
+            ):
+                outcomes[i] = value if isinstance(value, RedisError) else Outcome(int(value))
+        return outcomes
 
     async def apply(self, change: PresenceChange) -> Outcome:
-        result = await self._script(keys=[keys.observed_presence(change.user_id)], args=self._args(change))
-        return Outcome(int(result))
+        (outcome,) = await self.apply_many([change])
+        if isinstance(outcome, RedisError):
+            raise outcome
+        return outcome
 
     @staticmethod
-    def _args(change: PresenceChange) -> list[str]:
-        return [
-            change.sequence or "",
-            repr(change.received_at),
-            change.availability,
-            change.activity,
-            change.status_message or "",
-            change.source,
-            change.subscription_id,
-        ]
+    def _packed(change: PresenceChange) -> bytes:
+        # "replace": a lone surrogate (valid JSON, not encodable) must not fail the whole batch.
+        return _SEPARATOR.join(
+            field.encode("utf-8", "replace")
+            for field in (
+                change.sequence or "",
+                repr(change.received_at),
+                change.availability,
+                change.activity,
+                change.status_message or "",
+                change.source,
+                change.subscription_id,
+            )
+        )
 
     async def get(self, user_id: str) -> ObservedPresence | None:
         return parse_observed(user_id, await self.redis.hgetall(keys.observed_presence(user_id)))

@@ -13,7 +13,6 @@ from service.bridge.streams import Entry, PartitionedConsumer
 from service.core import keys
 from service.core.partitions import Partitions
 from service.core.settings import Settings
-from service.core.storage import run_scripts
 from service.graph.presence import PresenceChange, PresenceFormatError
 
 log = logging.getLogger(__name__)
@@ -66,13 +65,12 @@ class PresenceWorker:
                 failures[entry.id] = str(exc)
         if not parsed:
             return failures
-        results = await run_scripts(self.redis, [self.store.call(change) for _, change in parsed])
+        results = await self.store.apply_many([change for _, change in parsed])
         stored: list[PresenceChange] = []
-        for (entry, change), result in zip(parsed, results, strict=True):
-            if isinstance(result, RedisError):
-                failures[entry.id] = f"store failed: {result}"
+        for (entry, change), outcome in zip(parsed, results, strict=True):
+            if isinstance(outcome, RedisError):
+                failures[entry.id] = f"store failed: {outcome}"
                 continue
-            outcome = Outcome(int(result))
             self.outcomes[outcome] += 1
             if outcome is not Outcome.DUPLICATE or entry.deliveries > 1:
                 stored.append(change)

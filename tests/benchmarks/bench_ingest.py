@@ -300,34 +300,41 @@ async def main(seconds: float, overload: bool) -> None:
         web_proc.terminate()
         web_proc.wait()
 
-    await redis.delete(keys.presence_stream(0))
     total = 50_000
     changes = [
         PresenceChange(f"user-{i % 5000}", "Busy", "InACall", sequence=f"{i:020d}", received_at=float(i))
         for i in range(total)
     ]
-    for chunk in range(0, total, 1000):
-        await append_presence_batch(redis, Partitions(), changes[chunk : chunk + 1000], 10_000_000)
-    settings = Settings.from_env(
-        {
-            "REDIS_URL": valkey.url,
-            "PUBLIC_BASE_URL": "https://bench.invalid",
-            "BRIDGE_SECRET_KEY": SECRET_KEY,
-            "AZURE_TENANT_ID": TENANT_ID,
-            "AZURE_CLIENT_ID": CLIENT_ID,
-            "WORKER_BATCH": "500",
-        },
-        env_file=None,
-    )
     os.sched_setaffinity(0, {CORES[0]})
-    worker = PresenceWorker(redis, settings, Partitions(), block_ms=10)
-    started = time.perf_counter()
-    handled = await worker.drain()
-    elapsed = time.perf_counter() - started
-    print(
-        f"worker: {handled:,} changes in {elapsed:.2f} s = {handled / elapsed:,.0f} changes/s "
-        f"(one process, batches of 500; outcomes {dict((k.name, v) for k, v in worker.outcomes.items())})"
-    )
+    for count in (1, 4):
+        # Partitions are drained side by side: one partition's Python work overlaps another's Redis.
+        partitions = Partitions(count)
+        await redis.delete(
+            *partitions.presence_streams(), *(keys.observed_presence(c.user_id) for c in changes[:5000])
+        )
+        for chunk in range(0, total, 1000):
+            await append_presence_batch(redis, partitions, changes[chunk : chunk + 1000], 10_000_000)
+        settings = Settings.from_env(
+            {
+                "REDIS_URL": valkey.url,
+                "PUBLIC_BASE_URL": "https://bench.invalid",
+                "BRIDGE_SECRET_KEY": SECRET_KEY,
+                "AZURE_TENANT_ID": TENANT_ID,
+                "AZURE_CLIENT_ID": CLIENT_ID,
+                "WORKER_BATCH": "500",
+                "REDIS_PARTITIONS": str(count),
+            },
+            env_file=None,
+        )
+        worker = PresenceWorker(redis, settings, partitions, block_ms=10)
+        started = time.perf_counter()
+        handled = await worker.drain()
+        elapsed = time.perf_counter() - started
+        print(
+            f"worker, {count} partition(s): {handled:,} changes in {elapsed:.2f} s = "
+            f"{handled / elapsed:,.0f} changes/s (one process, batches of 500; "
+            f"outcomes {dict((k.name, v) for k, v in worker.outcomes.items())})"
+        )
     await redis.aclose()
     await runner.cleanup()
     valkey.stop()

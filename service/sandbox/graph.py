@@ -457,9 +457,11 @@ class GraphSandbox:
 
     async def _list_users(self, call: GraphCall, ctx: AccessContext, _m: re.Match[str]) -> GraphResult:
         require(ctx, {"User.Read.All"}, {"User.Read.All", "User.ReadBasic.All"})
-        accounts = sorted(self.entra.accounts.values(), key=lambda a: a.user_principal_name.lower())
+        accounts = list(self.entra.accounts.values())
         if "$filter" in call.query:
-            accounts = [a for a in accounts if user_filter(call.query["$filter"])(a)]
+            accept = user_filter(call.query["$filter"])
+            accounts = [a for a in accounts if accept(a)]
+        accounts.sort(key=lambda a: a.user_principal_name.lower())
         try:
             top = int(call.query.get("$top", USERS_PAGE_DEFAULT))
             skip = int(call.query.get("$skiptoken", "0"))

@@ -165,8 +165,8 @@ def _iso(epoch: float) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def _digest(selection: Selection) -> str:
-    payload = json.dumps([u.to_json() for u in selection.users], separators=(",", ":"))
+def _digest(serialized: list[str]) -> str:
+    payload = json.dumps(serialized, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -177,10 +177,18 @@ class DirectoryStore:
         self.redis = redis
 
     async def save(self, selection: Selection, *, refreshed_at: float) -> bool:
-        """Replace the stored selection in one MULTI; ``True`` (and a new version) when it changed."""
-        digest = _digest(selection)
-        old = await self.redis.hget(keys.STARFACE_DIRECTORY_META, "digest")
-        changed = old is None or (old.decode() if isinstance(old, bytes) else str(old)) != digest
+        """Store the selection in one MULTI; ``True`` (and a new version) when it changed.
+
+        An unchanged selection (same digest, every user still stored) only refreshes the meta
+        data: with thousands of users a refresh must not rewrite both hashes each time.
+        """
+        serialized = [u.to_json() for u in selection.users]
+        digest = _digest(serialized)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(keys.STARFACE_DIRECTORY_META, "digest")
+            pipe.hlen(keys.STARFACE_DIRECTORY)
+            old, stored = await pipe.execute()
+        changed = old is None or decoded(old) != digest or int(stored) != len(serialized)
         meta: dict[str, str] = {
             "refreshed_at": repr(refreshed_at),
             "problems": json.dumps([p.to_dict() for p in selection.problems]),
@@ -189,9 +197,13 @@ class DirectoryStore:
             "last_error_at": "",
         }
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(keys.STARFACE_DIRECTORY, keys.STARFACE_DIRECTORY_EMAILS)
-            if selection.users:
-                pipe.hset(keys.STARFACE_DIRECTORY, mapping={u.login: u.to_json() for u in selection.users})
+            if changed:
+                pipe.delete(keys.STARFACE_DIRECTORY, keys.STARFACE_DIRECTORY_EMAILS)
+            if changed and selection.users:
+                pipe.hset(
+                    keys.STARFACE_DIRECTORY,
+                    mapping={u.login: raw for u, raw in zip(selection.users, serialized, strict=True)},
+                )
                 pipe.hset(
                     keys.STARFACE_DIRECTORY_EMAILS, mapping={u.email_key: u.login for u in selection.users}
                 )

@@ -137,6 +137,28 @@ async def test_store_version_moves_only_when_the_selection_changes(redis_client:
     assert await redis_client.exists(keys.STARFACE_DIRECTORY) == 0
 
 
+async def test_an_unchanged_refresh_writes_only_its_time_and_a_lost_hash_is_stored_again(
+    redis_client: aioredis.Redis,
+) -> None:
+    store = DirectoryStore(redis_client)
+    selection = select_users(ALL, extra_logins=["0001", "0002"])
+    await store.save(selection, refreshed_at=1.0)
+
+    async def hset_calls() -> int:
+        stats = await redis_client.info("commandstats")
+        return int(stats.get("cmdstat_hset", {}).get("calls", 0))
+
+    before = await hset_calls()
+    assert await store.save(selection, refreshed_at=2.0) is False
+    assert await hset_calls() - before == 1  # the meta data; neither user hash is rewritten
+    assert (await store.status()).refreshed_at == 2.0
+    # The same digest with the users gone from Redis (flushed, or deleted by hand) is a change.
+    await redis_client.delete(keys.STARFACE_DIRECTORY)
+    assert await store.save(selection, refreshed_at=3.0) is True
+    assert [u.login for u in await store.users()] == ["0001", "0002"]
+    assert await store.by_email("bob@example.com") == BOB
+
+
 async def test_failure_keeps_the_last_selection_and_is_shown(redis_client: aioredis.Redis) -> None:
     store = DirectoryStore(redis_client)
     await store.save(select_users(ALL, extra_logins=["0001"]), refreshed_at=1.0)

@@ -237,7 +237,22 @@ class SessionManager:
             claim = await self.claim(now)
             if not claim.logins:
                 return report
-            results = await asyncio.gather(*(self._limited(self._work(login, now)) for login in claim.logins))
+            # Every claimed login's session state and password in one round trip, not two each.
+            # The count of this process's logins is taken first: a write that logs in while the
+            # batch waits makes the stale state harmless (no second login, see _single_login).
+            seen = [self._logins_done.get(login, 0) for login in claim.logins]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hmget(keys.UCI_SESSIONS, list(claim.logins))
+                pipe.hmget(keys.STARFACE_CREDENTIALS, list(claim.logins))
+                raw_statuses, sealed = await pipe.execute()
+            results = await asyncio.gather(
+                *(
+                    self._limited(
+                        self._work(login, now, SessionStatus.from_json(raw) if raw else None, key, done)
+                    )
+                    for login, raw, key, done in zip(claim.logins, raw_statuses, sealed, seen, strict=True)
+                )
+            )
             next_due: dict[str, float] = {}
             statuses: dict[str, str] = {}
             for login, (due, outcome, status) in zip(claim.logins, results, strict=True):
@@ -268,13 +283,13 @@ class SessionManager:
         async with self._limit:
             return await work
 
-    async def _work(self, login: str, now: float) -> tuple[float, str, SessionStatus]:
-        previous = await self.status(login)
+    async def _work(
+        self, login: str, now: float, previous: SessionStatus | None, sealed: bytes | None, seen: int
+    ) -> tuple[float, str, SessionStatus]:
         try:
             if not self.circuit.allow():
                 raise StarfaceUnavailable("the PBX is not answering (circuit open)")
-            client = await self._client(login)
-            seen = self._logins_done.get(login, 0)
+            client = self._client_for(login, sealed)
             if previous is None or previous.state != ACTIVE:
                 await self._single_login(login, client, now, seen, previous)
                 return now + self.keepalive, "login", self._ok(login, now, previous)

@@ -26,7 +26,7 @@ from service.starface.credentials import CredentialStore
 from service.starface.directory import DirectoryStore, select_users
 from service.starface.gateway import CredentialsMissing, LoginRefused, UnknownUser
 from service.starface.rest import StarfaceUser, open_http
-from service.starface.sessions import ACTIVE, FAILED, LOGGED_OUT, SessionManager
+from service.starface.sessions import ACTIVE, FAILED, LOGGED_OUT, SessionManager, SessionStatus
 from tests.conftest import SECRET_KEY
 from tests.fixtures.starface_sandbox import StarfaceSandboxHandle
 from tests.web.test_starface_callback import serve_callbacks, stream
@@ -287,6 +287,33 @@ async def test_concurrent_writes_after_a_dropped_session_log_in_once(env: Env) -
     drops = [d["reason"] for d in env.pbx.state()["sessionDrops"] if d["login"] == "0001"]
     assert drops == ["dropped"] * 3
     assert (env.pbx.user("0001")["dnd"], env.pbx.user("0001")["statusText"]) == (True, "Im Gespräch")
+
+
+async def test_a_pass_and_a_write_that_find_the_session_failed_log_in_once(env: Env) -> None:
+    await env.manager.sync(["0001"], now=env.t0)
+    await env.manager.run_due(env.t0)
+    env.pbx.drop_session("0001")
+    failed = SessionStatus("0001", FAILED, env.t0, error="starface_unavailable")
+    await env.redis.hset(keys.UCI_SESSIONS, "0001", failed.to_json())
+    # The pass reads the state of its whole batch up front; the write logs in meanwhile.
+    await asyncio.gather(env.manager.run_due(env.t0 + 31), env.manager.set_dnd("0001", True))
+    drops = [d["reason"] for d in env.pbx.state()["sessionDrops"] if d["login"] == "0001"]
+    assert drops == ["dropped"]  # a second login would have replaced the new session
+    assert env.pbx.user("0001")["dnd"] is True
+    assert await status_of(env, "0001") == ACTIVE
+
+
+async def test_a_pass_that_read_its_batch_before_a_write_logged_in_does_not_log_in_again(env: Env) -> None:
+    await env.manager.sync(["0001"], now=env.t0)
+    # What the pass took with its batch: no session yet, no login by this process.
+    stale = SessionStatus("0001", FAILED, env.t0, error="starface_unavailable")
+    sealed = await env.redis.hget(keys.STARFACE_CREDENTIALS, "0001")
+    seen = 0
+    await env.manager.set_dnd("0001", True)  # meanwhile a write logs in
+    _, outcome, status = await env.manager._work("0001", env.t0 + 31, stale, sealed, seen)
+    assert (outcome, status.state) == ("login", ACTIVE)
+    assert not [d for d in env.pbx.state()["sessionDrops"] if d["login"] == "0001"]  # none replaced
+    assert env.pbx.user("0001")["dnd"] is True
 
 
 async def test_the_callback_rides_on_every_request_of_a_session(env: Env) -> None:

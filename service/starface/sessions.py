@@ -284,7 +284,7 @@ class SessionManager:
             return await work
 
     async def _work(
-        self, login: str, now: float, previous: SessionStatus | None, sealed: bytes | None, seen: int
+        self, login: str, now: float, previous: SessionStatus | None, sealed: bytes | str | None, seen: int
     ) -> tuple[float, str, SessionStatus]:
         try:
             if not self.circuit.allow():

@@ -767,6 +767,13 @@ async def run_phase(
     steady_rate = steady / max(1e-9, end - start - warm)
     records, truncated = await world.decisions(start)
     latencies = [r.latency_ms for r in records if r.latency_ms is not None and r.trigger == "presence"]
+    if os.environ.get("BENCH_SHOW_SLOWEST"):
+        # The decisions behind the tail, to tell a queue from a stall from a retry.
+        timed = [r for r in records if r.latency_ms is not None and r.trigger == "presence"]
+        for record in sorted(timed, key=lambda r: -(r.latency_ms or 0))[
+            : int(os.environ["BENCH_SHOW_SLOWEST"])
+        ]:
+            say(f"    slow (at +{record.at - start:.2f} s):\n" + record.format())
     ok_puts = int(generator["sent"]) - int(generator["failed"])
     phase = Phase(
         rate=rate,

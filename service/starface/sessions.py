@@ -26,6 +26,7 @@ import json
 import logging
 import secrets
 import time
+import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -279,6 +280,14 @@ class SessionManager:
             args += [login, _ms(due)]
         return int(await self._complete(keys=[keys.UCI_DUE], args=args))
 
+    def _first_keepalive(self, login: str) -> float:
+        """The wait before a new session's first keepAlive: between half and all of the interval,
+        fixed per login.  Sessions logged in together (a start, a PBX back after an outage) would
+        otherwise send every keepAlive and read-back in the same second, interval after interval:
+        a load spike on the PBX and on the worker.  Later keepAlives keep the spread."""
+        spread = zlib.crc32(login.encode()) / 0xFFFFFFFF
+        return self.keepalive * (0.5 + spread / 2)
+
     async def _limited(self, work: Awaitable[T]) -> T:
         async with self._limit:
             return await work
@@ -292,7 +301,7 @@ class SessionManager:
             client = self._client_for(login, sealed)
             if previous is None or previous.state != ACTIVE:
                 await self._single_login(login, client, now, seen, previous)
-                return now + self.keepalive, "login", self._ok(login, now, previous)
+                return now + self._first_keepalive(login), "login", self._ok(login, now, previous)
             if await client.keep_alive():
                 self.circuit.succeeded()
                 if self.read_back is not None:
@@ -303,7 +312,7 @@ class SessionManager:
                         log.warning("read-back of login %s not recorded: %s", login, type(exc).__name__)
                 return now + self.keepalive, "keepalive", self._ok(login, now, previous)
             await self._single_login(login, client, now, seen, previous)
-            return now + self.keepalive, "relogin", self._ok(login, now, previous)
+            return now + self._first_keepalive(login), "relogin", self._ok(login, now, previous)
         except GatewayError as exc:
             kind = _kind(exc)
             self._account(exc)

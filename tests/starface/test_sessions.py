@@ -218,6 +218,27 @@ async def test_two_replicas_never_double_up(env: Env) -> None:
     assert all(env.pbx.session(login) is not None for login in logins)
 
 
+async def test_sessions_logged_in_together_keep_alive_spread_over_the_interval(env: Env) -> None:
+    logins = [f"2{n:03d}" for n in range(40)]
+    for login in logins:
+        env.pbx.add_user(login, "pw-" + login)
+    await env.credentials.put_many({login: "pw-" + login for login in logins})
+    await env.manager.sync(logins, now=env.t0)
+    assert (await env.manager.run_due(env.t0)).outcomes == {"login": 40}
+    scheduled: Any = await env.redis.zrange(keys.UCI_DUE, 0, -1, withscores=True)
+    due = sorted(score / 1000 - env.t0 for _, score in scheduled)
+    # All within the interval (30 s), none before half of it, and not in one clump.
+    assert due[0] >= 15
+    assert due[-1] <= 30
+    assert due[-1] - due[0] > 10
+    assert len({round(d) for d in due}) > 10
+    # The next pass keeps each session's own phase: a full interval after its keepAlive.
+    first = (await env.manager.run_due(env.t0 + 22.5)).outcomes["keepalive"]
+    assert 0 < first < 40
+    rest = (await env.manager.run_due(env.t0 + 30)).outcomes["keepalive"]
+    assert first + rest == 40
+
+
 async def test_work_of_a_dead_replica_comes_due_after_its_lease(env: Env) -> None:
     await env.manager.sync(["0001", "0002"], now=env.t0)
     dead = env.replica(lease_seconds=60)

@@ -275,7 +275,11 @@ class UserStateStore:
         return int(await self.redis.zcount(keys.user_rewrites(user_id), now - 3600, "+inf"))
 
     async def update_bridge(self, user_id: str, **fields: object) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
+        # A transaction only when the update is two commands (set and delete): one is atomic
+        # already, and MULTI/EXEC would triple its replies (the write-ahead before every write).
+        values = fields.values()
+        both = any(v is None for v in values) and any(v is not None for v in values)
+        async with self.redis.pipeline(transaction=both) as pipe:
             queue_bridge_update(pipe, user_id, fields)
             await pipe.execute()
 

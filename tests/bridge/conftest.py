@@ -1,4 +1,4 @@
-"""Fixtures of the bridge tests: mapping files and a fake clock."""
+"""Fixtures of the bridge tests: mapping files, a fake clock, and the store (one server or a cluster)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from service.bridge.mapping import Mapping, default_mapping
+from service.core.storage import connect_worker
 from service.sandbox.demo import DemoWorld
 from tests.bridge.harness import FakeClock
 
@@ -47,6 +49,16 @@ def store(request: pytest.FixtureRequest, redis_url: str) -> tuple[str, dict[str
     if getattr(request, "param", "single") == "cluster":
         return request.getfixturevalue("cluster_url"), {"REDIS_PARTITIONS": "4"}
     return redis_url, {}
+
+
+@pytest.fixture(params=["single", "cluster"])
+async def either_client(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A worker's client on a single Valkey, then on a three-master cluster: the same code must
+    pass on both."""
+    url = redis_url if request.param == "single" else request.getfixturevalue("cluster_url")
+    client = connect_worker(url)
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ script and transaction of the data path stays within one slot."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -17,15 +17,6 @@ from tests.bridge.harness import FakeClock, Harness
 from tests.fixtures.cluster import EmbeddedCluster
 
 USER, LOGIN = "aaaa0000-0000-4000-8000-000000000001", "0001"
-
-
-@pytest.fixture(params=["single", "cluster"])
-async def store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    """A single Valkey, then a three-master cluster: the same code must pass on both."""
-    url = redis_url if request.param == "single" else request.getfixturevalue("cluster_url")
-    client = connect_worker(url)
-    yield client
-    await client.aclose()
 
 
 def test_the_partitions_spread_over_the_nodes_and_each_keeps_its_keys_together(
@@ -53,10 +44,10 @@ def test_the_partitions_spread_over_the_nodes_and_each_keeps_its_keys_together(
 
 
 async def test_the_reconcile_path_runs_on_a_cluster(
-    store: aioredis.Redis, make_settings: Callable[..., Settings], fake_clock: FakeClock
+    either_client: aioredis.Redis, make_settings: Callable[..., Settings], fake_clock: FakeClock
 ) -> None:
     """Worker, observed state, call events, due-set, decisions: nothing crosses a slot."""
-    h = Harness(store, make_settings(WORKER_CLAIM_IDLE_MS=1), fake_clock, partitions=6)
+    h = Harness(either_client, make_settings(WORKER_CLAIM_IDLE_MS=1), fake_clock, partitions=6)
     await h.link(USER, LOGIN)
     h.graph.set_own(USER, TeamsPresence("Available", "Available"))
     h.graph.publish(USER)
@@ -76,12 +67,12 @@ async def test_the_reconcile_path_runs_on_a_cluster(
     fake_clock.advance(6)  # past the hang-up debounce
     await h.pump()
     assert USER not in h.graph.sessions
-    assert await store.xlen(keys.DEAD_LETTER_STREAM) == 0
+    assert await either_client.xlen(keys.DEAD_LETTER_STREAM) == 0
     assert await h.reconciler.schedule.backlog(fake_clock()) == 0
     # A later recheck (the echo grace) waits in the user's own partition, and only there.
     home = h.partitions.of(USER)
     for partition in h.partitions.indexes():
-        due = await store.zscore(keys.reconcile_due(partition), USER)
+        due = await either_client.zscore(keys.reconcile_due(partition), USER)
         assert (due is not None) == (partition == home), partition
 
 

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -10,7 +9,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.bridge.observed import ObservedStore, Outcome
-from service.core.storage import connect_worker
 from service.graph.presence import PresenceChange
 
 USER = "u-1"
@@ -36,19 +34,12 @@ async def test_opaque_sequences_compare_lexicographically(redis_client: aioredis
     assert await store.apply(PresenceChange(USER, "Away", "Away", sequence="C1")) is Outcome.APPLIED
 
 
-@pytest.fixture(params=["single", "cluster"])
-async def either(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    """A single Valkey (one script per batch), then a cluster (one script per slot)."""
-    url = redis_url if request.param == "single" else request.getfixturevalue("cluster_url")
-    client = connect_worker(url)
-    yield client
-    await client.aclose()
-
-
-async def test_a_batch_applies_each_change_in_order_and_reports_each_outcome(either: aioredis.Redis) -> None:
-    store = ObservedStore(either)
+async def test_a_batch_applies_each_change_in_order_and_reports_each_outcome(
+    either_client: aioredis.Redis,
+) -> None:
+    store = ObservedStore(either_client)
     users = [f"batch-{i}" for i in range(40)]
-    await either.delete(*(f"pb:{{u:{u}}}:observed" for u in users))
+    await either_client.delete(*(f"pb:{{u:{u}}}:observed" for u in users))
     first = [PresenceChange(u, "Busy", "InACall", sequence="5") for u in users]
     # One user four times within one batch: the later change sees the earlier one's write.
     repeated = [

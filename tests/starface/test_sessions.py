@@ -202,12 +202,18 @@ async def test_leaving_user_is_logged_out_and_its_callback_path_is_gone(env: Env
     assert renewed["callbackUrl"] != session["callbackUrl"]
 
 
-async def test_two_replicas_never_double_up(env: Env) -> None:
-    logins = [f"1{n:03d}" for n in range(24)]
+async def selected_users(env: Env, prefix: str, count: int) -> list[str]:
+    """``count`` more PBX users with stored credentials, selected (due) at ``env.t0``."""
+    logins = [f"{prefix}{n:03d}" for n in range(count)]
     for login in logins:
         env.pbx.add_user(login, "pw-" + login)
     await env.credentials.put_many({login: "pw-" + login for login in logins})
     await env.manager.sync(logins, now=env.t0)
+    return logins
+
+
+async def test_two_replicas_never_double_up(env: Env) -> None:
+    logins = await selected_users(env, "1", 24)
     other = env.replica(batch=5)
     env.manager.batch = 5
     first, second = await asyncio.gather(env.manager.run_due(env.t0), other.run_due(env.t0))
@@ -219,11 +225,7 @@ async def test_two_replicas_never_double_up(env: Env) -> None:
 
 
 async def test_sessions_logged_in_together_keep_alive_spread_over_the_interval(env: Env) -> None:
-    logins = [f"2{n:03d}" for n in range(40)]
-    for login in logins:
-        env.pbx.add_user(login, "pw-" + login)
-    await env.credentials.put_many({login: "pw-" + login for login in logins})
-    await env.manager.sync(logins, now=env.t0)
+    await selected_users(env, "2", 40)
     assert (await env.manager.run_due(env.t0)).outcomes == {"login": 40}
     scheduled: Any = await env.redis.zrange(keys.UCI_DUE, 0, -1, withscores=True)
     due = sorted(score / 1000 - env.t0 for _, score in scheduled)

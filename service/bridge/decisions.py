@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 
 from service.core import keys
 
@@ -51,11 +50,10 @@ class DecisionRecord:
         return "\n".join(lines)
 
 
-def queue_decision(pipe: Pipeline, record: DecisionRecord) -> None:
-    """Add the record to a transaction on the user's keys (one round trip with the bridge record)."""
-    key = keys.user_decisions(record.user_id)
-    pipe.lpush(key, record.to_json())
-    pipe.ltrim(key, 0, KEEP - 1)
+def log_entry(record: DecisionRecord) -> tuple[str, str, int]:
+    """Where the record goes, as what, and how many records the list keeps: for storing it in
+    one step with the user's bridge record (``UserStateStore.update_bridge_and_log``)."""
+    return keys.user_decisions(record.user_id), record.to_json(), KEEP
 
 
 class DecisionLog:
@@ -63,8 +61,10 @@ class DecisionLog:
         self.redis = redis
 
     async def append(self, record: DecisionRecord) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            queue_decision(pipe, record)
+        key, entry, keep = log_entry(record)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lpush(key, entry)
+            pipe.ltrim(key, 0, keep - 1)
             await pipe.execute()
 
     async def recent(self, user_id: str, limit: int = KEEP) -> list[DecisionRecord]:

@@ -28,7 +28,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from service.bridge.decisions import DecisionLog, DecisionRecord, queue_decision
+from service.bridge.decisions import DecisionLog, DecisionRecord, log_entry
 from service.bridge.desired import (
     DND_ENFORCE,
     DND_RESPECT,
@@ -51,7 +51,6 @@ from service.bridge.userstate import (
     UserStateStore,
     parse_bridge,
     parse_calls,
-    queue_bridge_update,
 )
 from service.core import keys, metrics
 from service.core.partitions import Partitions
@@ -453,11 +452,8 @@ class Reconciler:
             outcome.updates.update(failures=0, last_error=None)
         next_due = self._next_due(decision, bridge, outcome, now)
         record = self._record(user_id, login, user, observed, calls, decision, outcome, now)
-        # The bridge record and the decision are keys of one user: one transaction, one round trip.
-        async with self.redis.pipeline(transaction=True) as pipe:
-            queue_bridge_update(pipe, user_id, outcome.updates)
-            queue_decision(pipe, record)
-            await pipe.execute()
+        # The bridge record and the decision are keys of one user: stored at once, one round trip.
+        await self.state.update_bridge_and_log(user_id, outcome.updates, log_entry(record))
         self.reconciled += 1
         return next_due
 

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError, ResponseError
 from service.bridge import deadletters
 from service.core import keys
 from service.core.partitions import Partitions
-from service.core.storage import decoded
+from service.core.storage import decoded, is_cluster_client
 from service.graph.presence import PresenceChange
 
 log = logging.getLogger(__name__)
@@ -54,13 +54,14 @@ async def append_presence_batch(
 ) -> None:
     """One round trip for a whole notification batch, each change on its user's partition.
 
-    A batch within one partition is queued whole or not at all (MULTI).  One that spans
-    partitions cannot be one transaction on a cluster: if a part fails, the caller answers 503
-    and Graph delivers the batch again, and the changes already queued come back as duplicates,
-    which the observed-state compare-and-set recognises.
+    On a single server a batch within one partition is queued whole or not at all (MULTI).  On
+    a cluster, and across partitions, a batch is a plain pipeline (see ``is_cluster_client``):
+    if a part fails, the caller answers 503 and Graph delivers the batch again, and the changes
+    already queued come back as duplicates, which the observed-state compare-and-set recognises.
     """
     streams = [partitions.presence_stream(c.user_id) for c in changes]
-    async with redis.pipeline(transaction=len(set(streams)) == 1) as pipe:
+    whole = len(set(streams)) == 1 and not is_cluster_client(redis)
+    async with redis.pipeline(transaction=whole) as pipe:
         for stream, change in zip(streams, changes, strict=True):
             pipe.xadd(stream, change.to_fields(), maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
         await pipe.execute()

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 
 from service.bridge.observed import SEQUENCE_COMPARE_LUA
 from service.core import keys
@@ -108,6 +107,32 @@ if used < tonumber(ARGV[2]) then
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {taken, used, oldest[2] or ''}
+"""
+
+# KEYS: bridge record [, a log list]. ARGV: fields to set, then their values; the fields to
+# delete follow the pairs after a count; with a log list, the entry and how many to keep come
+# first. One script instead of MULTI/EXEC: the same atomicity on a cluster, where redis-py runs
+# every command queued in a cluster transaction through a thread of its own.
+_UPDATE_BRIDGE = """
+local at = 1
+local entry, keep
+if KEYS[2] then
+  entry, keep = ARGV[1], tonumber(ARGV[2])
+  at = 3
+end
+local sets = tonumber(ARGV[at])
+if sets > 0 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, at + 1, at + 2 * sets))
+end
+local deletes = at + 2 * sets + 1
+if deletes <= #ARGV then
+  redis.call('HDEL', KEYS[1], unpack(ARGV, deletes, #ARGV))
+end
+if KEYS[2] then
+  redis.call('LPUSH', KEYS[2], entry)
+  redis.call('LTRIM', KEYS[2], 0, keep - 1)
+end
+return 1
 """
 
 # A bridge write older than this is no longer "in flight" (its process died mid-write).
@@ -209,6 +234,7 @@ class UserStateStore:
         self._offer_own = redis.register_script(_OFFER_OWN)
         self._record_seen = redis.register_script(_RECORD_SEEN)
         self._take_rewrite = redis.register_script(_TAKE_REWRITE)
+        self._update_bridge = redis.register_script(_UPDATE_BRIDGE)
 
     async def apply_call(self, user_id: str, event: CallEvent) -> bool:
         at = event.time if event.time is not None else event.received_at
@@ -275,27 +301,30 @@ class UserStateStore:
         return int(await self.redis.zcount(keys.user_rewrites(user_id), now - 3600, "+inf"))
 
     async def update_bridge(self, user_id: str, **fields: object) -> None:
-        # A transaction only when the update is two commands (set and delete): one is atomic
-        # already, and MULTI/EXEC would triple its replies (the write-ahead before every write).
-        values = fields.values()
-        both = any(v is None for v in values) and any(v is not None for v in values)
-        async with self.redis.pipeline(transaction=both) as pipe:
-            queue_bridge_update(pipe, user_id, fields)
-            await pipe.execute()
+        await self.update_bridge_and_log(user_id, fields)
 
-
-def queue_bridge_update(pipe: Pipeline, user_id: str, fields: dict[str, object]) -> None:
-    """Add an update of the user's bridge record to a transaction (other keys of the same user
-    may share it: one round trip for everything a reconcile stores)."""
-    unknown = set(fields) - set(_FIELDS)
-    if unknown:
-        raise ValueError(f"unknown bridge record fields: {sorted(unknown)}")
-    sets = {k: v for k, v in ((k, encode(k, v)) for k, v in fields.items()) if v is not None}
-    deletes = [k for k, v in fields.items() if v is None]
-    if sets:
-        pipe.hset(keys.user_bridge(user_id), mapping=sets)  # type: ignore[arg-type]
-    if deletes:
-        pipe.hdel(keys.user_bridge(user_id), *deletes)
+    async def update_bridge_and_log(
+        self, user_id: str, fields: dict[str, object], log: tuple[str, str, int] | None = None
+    ) -> None:
+        """Set and delete fields of the user's bridge record, and with ``log`` (a list key of the
+        same user, an entry, how many to keep) push the entry, all at once: one script call."""
+        unknown = set(fields) - set(_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown bridge record fields: {sorted(unknown)}")
+        sets = [(k, v) for k, v in ((k, encode(k, v)) for k, v in fields.items()) if v is not None]
+        deletes = [k for k, v in fields.items() if v is None]
+        if not sets and not deletes and log is None:
+            return
+        script_keys = [keys.user_bridge(user_id)]
+        args: list[str | int] = []
+        if log is not None:
+            script_keys.append(log[0])
+            args += [log[1], log[2]]
+        args.append(len(sets))
+        for name, value in sets:
+            args += [name, value]
+        args += deletes
+        await self._update_bridge(keys=script_keys, args=args)
 
 
 def parse_calls(raw: dict[Any, Any]) -> list[Call]:

@@ -121,6 +121,13 @@ ScriptCall = tuple[AsyncScript, list[str], list[Any]]
 SCRIPT_BATCH = 256
 
 
+def is_cluster_client(redis: aioredis.Redis) -> bool:
+    """Whether ``redis`` is a cluster client: there a transaction is costly (redis-py resolves the
+    slot of every command queued in a cluster transaction on a thread and event loop of its
+    own), so hot paths use a script or a plain pipeline instead."""
+    return isinstance(redis, RedisCluster)
+
+
 def slot_groups(redis: aioredis.Redis, keys: list[str]) -> list[list[int]]:
     """The positions of ``keys`` grouped so that one script may touch each group's keys.
 
@@ -129,7 +136,7 @@ def slot_groups(redis: aioredis.Redis, keys: list[str]) -> list[list[int]]:
     Order within a group is the order of ``keys``, which keeps one user's changes in sequence.
     """
     groups: dict[int, list[int]] = {}
-    if isinstance(redis, RedisCluster):
+    if is_cluster_client(redis):
         for i, key in enumerate(keys):
             groups.setdefault(key_slot(key.encode()), []).append(i)
         chunks = list(groups.values())

@@ -114,15 +114,15 @@ class PresenceChange:
         user_id = resource.get("id") or fallback_user_id
         availability = resource.get("availability")
         activity = resource.get("activity")
-        if not isinstance(user_id, str) or not _sane(user_id) or not user_id:
+        if not isinstance(user_id, str) or not carriable(user_id) or not user_id:
             raise PresenceFormatError("presence without id")
         if not isinstance(availability, str) or not isinstance(activity, str):
             raise PresenceFormatError("presence without availability/activity strings")
-        if not _sane(availability) or not _sane(activity):
+        if not carriable(availability) or not carriable(activity):
             raise PresenceFormatError("presence without availability/activity strings")
         sequence = resource.get("sequenceNumber")
         if isinstance(sequence, bool) or not (
-            sequence is None or _sane(sequence) or isinstance(sequence, int)
+            sequence is None or carriable(sequence) or isinstance(sequence, int)
         ):
             raise PresenceFormatError("sequenceNumber is neither text nor a number")
         if isinstance(sequence, int) and abs(sequence) >= 10**40:
@@ -158,9 +158,10 @@ _MAX_TEXT = 1024
 _NUL_OR_SURROGATE = re.compile("[\x00\ud800-\udfff]")
 
 
-def _sane(value: Any) -> bool:
-    """Text every later stage (Redis, JSON logs, STARFACE) can carry: bounded, no NUL or lone surrogate."""
-    return isinstance(value, str) and len(value) <= _MAX_TEXT and _NUL_OR_SURROGATE.search(value) is None
+def carriable(value: Any, limit: int = _MAX_TEXT) -> bool:
+    """Text every later stage (Redis, JSON logs, STARFACE) can carry: a string of at most ``limit``
+    characters without NUL or lone surrogate (JSON admits both; Redis and logs cannot take them)."""
+    return isinstance(value, str) and len(value) <= limit and _NUL_OR_SURROGATE.search(value) is None
 
 
 def _status_text(value: Any) -> str | None:

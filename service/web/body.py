@@ -8,6 +8,8 @@ from typing import Any
 
 from starlette.requests import Request
 
+from service.graph.presence import carriable
+
 
 class BodyTooLarge(Exception):
     """A request body above the route's limit; answered with 413 before it is read in full."""
@@ -79,12 +81,6 @@ def loads_bounded(raw: bytes, limit: int = MAX_JSON_DEPTH) -> Any:
         raise BadJson(type(exc).__name__) from None
 
 
-_SURROGATE_OR_NUL = re.compile("[\x00\ud800-\udfff]")
-
-
 def clean_text(value: Any, limit: int) -> str | None:
-    """``value`` when it is a non-empty string of at most ``limit`` characters that UTF-8 can carry
-    and holds no NUL; else ``None``.  JSON admits lone surrogates that Redis and logs cannot take."""
-    if not isinstance(value, str) or not value or len(value) > limit or _SURROGATE_OR_NUL.search(value):
-        return None
-    return value
+    """``value`` when it is non-empty text the bridge can carry (``presence.carriable``); else ``None``."""
+    return value if value and carriable(value, limit) else None

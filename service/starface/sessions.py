@@ -537,7 +537,10 @@ class SessionManager:
         """Run ``action`` on the user's session, logging in first or again when the PBX needs it.
 
         While the circuit is open (the PBX is down) it fails at once, except as a probe."""
-        # Selected?  Session state?  Password?  One round trip for all three.
+        # Selected?  Session state?  Password?  One round trip for all three.  This process's
+        # count of logins is taken first, as in run_due: a login by another task while the state
+        # is read makes the stale state harmless (no second login, see _single_login).
+        seen = self._logins_done.get(login, 0)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zscore(keys.UCI_DUE, login)
             pipe.hget(keys.UCI_SESSIONS, login)
@@ -549,7 +552,7 @@ class SessionManager:
             raise StarfaceUnavailable("the PBX is not answering; waiting for it (circuit open)")
         status = None if raw_status is None else SessionStatus.from_json(raw_status)
         try:
-            result = await self._act_on_session(login, action, status, sealed)
+            result = await self._act_on_session(login, action, status, sealed, seen)
         except GatewayError as exc:
             self._account(exc)
             raise
@@ -611,9 +614,9 @@ class SessionManager:
         action: Callable[[UciClient], Awaitable[T]],
         previous: SessionStatus | None,
         sealed: bytes | str | None,
+        seen: int,
     ) -> T:
         now = self.clock()
-        seen = self._logins_done.get(login, 0)
         try:
             client = self._client_for(login, sealed)
             if previous is None or previous.state != ACTIVE:

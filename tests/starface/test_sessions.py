@@ -339,6 +339,21 @@ async def test_a_pass_that_read_its_batch_before_a_write_logged_in_does_not_log_
     assert env.pbx.user("0001")["dnd"] is True
 
 
+async def test_a_write_that_read_the_state_before_another_logged_in_does_not_log_in_again(env: Env) -> None:
+    await env.manager.sync(["0001"], now=env.t0)
+    # What the second write read: no session yet, no login by this process.
+    stale = SessionStatus("0001", FAILED, env.t0, error="starface_unavailable")
+    sealed = await env.redis.hget(keys.STARFACE_CREDENTIALS, "0001")
+    await env.manager.set_dnd("0001", True)  # meanwhile the first write logs in
+
+    async def text(client: Any) -> None:
+        await client.set_status_text("Im Gespräch")
+
+    await env.manager._act_on_session("0001", text, stale, sealed, 0)
+    assert not [d for d in env.pbx.state()["sessionDrops"] if d["login"] == "0001"]  # none replaced
+    assert (env.pbx.user("0001")["dnd"], env.pbx.user("0001")["statusText"]) == (True, "Im Gespräch")
+
+
 async def test_the_callback_rides_on_every_request_of_a_session(env: Env) -> None:
     await env.manager.sync(["0001"], now=env.t0)
     await env.manager.run_due(env.t0)  # login, subscribeEvents, getCallIds

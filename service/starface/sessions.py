@@ -124,6 +124,9 @@ class SessionStatus:
 
     @classmethod
     def from_json(cls, raw: Any) -> SessionStatus | None:
+        """The stored status, or None when there is none (``raw`` None) or it is unreadable."""
+        if raw is None:
+            return None
         try:
             return cls(**json.loads(raw))
         except (TypeError, ValueError):
@@ -248,9 +251,7 @@ class SessionManager:
                 raw_statuses, sealed = await pipe.execute()
             results = await asyncio.gather(
                 *(
-                    self._limited(
-                        self._work(login, now, SessionStatus.from_json(raw) if raw else None, key, done)
-                    )
+                    self._limited(self._work(login, now, SessionStatus.from_json(raw), key, done))
                     for login, raw, key, done in zip(claim.logins, raw_statuses, sealed, seen, strict=True)
                 )
             )
@@ -493,7 +494,7 @@ class SessionManager:
 
     async def status(self, login: str) -> SessionStatus | None:
         raw = await self.redis.hget(keys.UCI_SESSIONS, login)
-        return None if raw is None else SessionStatus.from_json(raw)
+        return SessionStatus.from_json(raw)
 
     async def statuses(self) -> list[SessionStatus]:
         """Every session's status, for `status`: failures name the login and the kind of error."""
@@ -550,7 +551,7 @@ class SessionManager:
             raise UnknownUser(login)
         if not self.circuit.allow():
             raise StarfaceUnavailable("the PBX is not answering; waiting for it (circuit open)")
-        status = None if raw_status is None else SessionStatus.from_json(raw_status)
+        status = SessionStatus.from_json(raw_status)
         try:
             result = await self._act_on_session(login, action, status, sealed, seen)
         except GatewayError as exc:

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from service.core import keys
-from service.core.storage import ScriptCall, run_scripts, slot_groups
+from service.core.storage import ScriptCall, decoded, run_scripts, slot_groups
 from service.graph.presence import PresenceChange
 
 # Orders two version stamps: all-digit stamps as numbers (leading zeros ignored), others as text.
@@ -144,10 +144,7 @@ def parse_observed(user_id: str, raw: dict[Any, Any]) -> ObservedPresence | None
     """The observed presence from the hash's reply (empty: nothing observed yet)."""
     if not raw:
         return None
-    data = {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in raw.items()
-    }
+    data = {decoded(k): decoded(v) for k, v in raw.items()}
     return ObservedPresence(
         user_id=user_id,
         availability=data["availability"],

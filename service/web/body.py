@@ -59,9 +59,9 @@ def json_too_deep(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     """
     brackets = _JSON_STRING.sub(b"", raw).translate(_AS_PARENS, _NOT_BRACKETS)
     rest = brackets
-    for rounds in range(min(_QUICK_ROUNDS, limit) + 1):
+    for _ in range(min(_QUICK_ROUNDS, limit) + 1):
         if not rest:
-            return rounds > limit
+            return False  # gone within at most ``limit`` rounds: nests no deeper than the bound
         rest = rest.replace(b"()", b"")
     depth = 0
     for byte in brackets:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 
 import httpx
 import pytest
 
 from service.starface import protocol as sp
 from service.starface.xmlrpc import Fault, parse_response
-from tests.fixtures.starface_sandbox import Creds, RawStarfaceClient, StarfaceSandboxHandle
-
-Factory = Callable[..., StarfaceSandboxHandle]
+from tests.fixtures.starface_sandbox import Creds, Factory, RawStarfaceClient, StarfaceSandboxHandle
 
 
 @pytest.fixture

@@ -10,16 +10,15 @@ import pytest
 from service.sandbox.tls import CertificateAuthority
 from service.starface import protocol as sp
 from tests.fixtures.starface_sandbox import (
+    CREDS,
     CallbackReceiver,
     ControlError,
-    Creds,
+    Factory,
     RawStarfaceClient,
     StarfaceSandboxHandle,
 )
 
-Factory = Callable[..., StarfaceSandboxHandle]
 ReceiverFactory = Callable[..., CallbackReceiver]
-CREDS: Creds = {"login": "0001", "password": "geheim"}
 
 
 @pytest.fixture

@@ -11,15 +11,13 @@ import pytest
 from service.starface import protocol as sp
 from service.starface.xmlrpc import Fault, parse_response
 from tests.fixtures.starface_sandbox import (
+    CREDS,
     ControlError,
-    Creds,
+    Factory,
     RawStarfaceClient,
     StarfaceSandboxHandle,
     hand_uci_token,
 )
-
-Factory = Callable[..., StarfaceSandboxHandle]
-CREDS: Creds = {"login": "0001", "password": "geheim"}
 
 
 @pytest.fixture

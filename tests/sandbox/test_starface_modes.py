@@ -13,15 +13,14 @@ from service.sandbox import starface_wire as wire
 from service.starface import protocol as sp
 from service.starface.xmlrpc import parse_call, parse_response
 from tests.fixtures.starface_sandbox import (
+    CREDS,
     CallbackReceiver,
     ControlError,
-    Creds,
+    Factory,
     RawStarfaceClient,
     StarfaceSandboxHandle,
 )
 
-Factory = Callable[..., StarfaceSandboxHandle]
-CREDS: Creds = {"login": "0001", "password": "geheim"}
 EX = 'xmlns:ex="http://ws.apache.org/xmlrpc/namespaces/extensions"'
 
 
